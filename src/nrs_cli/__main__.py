@@ -1,0 +1,3 @@
+from nrs_cli.cli import main
+
+main()

@@ -1,0 +1,305 @@
+"""Run specs: one YAML file per dataset, loaded into typed, validated objects.
+
+A run is fully described by its spec plus command-line overrides. Built-in
+specs live in the repository's ``datasets/`` folder (shipped as the package
+``nrs_cli.datasets``); a user's own YAML file works the same way and may start
+from a built-in one with ``extends: <name>``.
+
+Every key is checked: an unknown key or a value of the wrong type is an
+:class:`NrsError` that names the key and the file it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from nrs_cli.errors import NrsError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the inputs come from and what they look like (pixels in [0, 1])."""
+
+    loader: str  # dataset registry name, see `nrs list datasets`
+    input_shape: tuple[int, ...]
+    num_classes: int
+    mean: tuple[float, ...]  # per-channel normalisation, applied inside the model
+    std: tuple[float, ...]
+    folder: Optional[str] = None  # sub-folder of the data root, if not the loader's own
+    download: bool = True  # let torchvision download when the files are missing
+    train_size: Optional[int] = None  # seeded random subset of the train split
+    test_size: Optional[int] = None  # seeded random subset of the test split
+    test_fraction: float = 0.1  # for loaders that split one folder themselves (KITTI)
+    split_seed: int = 0  # seeds subsets and splits; independent of the run seed
+    resize: Optional[int] = None  # shorter side, or the square size when crop is unset
+    crop: Optional[int] = None  # centre crop after resizing
+    workers: int = 0  # DataLoader worker processes
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The base classifier f."""
+
+    arch: str  # architecture registry name, see `nrs list archs`
+    pretrained: bool = False  # torchvision weights where the architecture has them
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Training of the base classifier (`nrs train-base`)."""
+
+    epochs: int
+    batch_size: int
+    optimizer: Literal["adam", "sgd"]
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_step: int = 0  # multiply the learning rate by lr_gamma every lr_step epochs (0: never)
+    lr_gamma: float = 0.1
+    augment: Literal["none", "flip", "crop-flip"] = "none"
+    noise_sigma: float = 0.0  # Gaussian noise augmentation; a sigma file path is a CLI option
+
+
+@dataclass(frozen=True)
+class OptimizeSpec:
+    """Sigma optimisation (paper Algorithm 1) and the sweep of Fig. 2."""
+
+    init: float  # first constant sigma of the sweep (pixel space)
+    init_step: float  # difference between consecutive constants
+    inits: int  # how many constants
+    sub_epochs: int  # optimisation rounds per constant; evaluated after each
+    steps_per_sub_epoch: int  # optimisation steps per round (0: one pass over the train split)
+    batch_size: int  # inputs per optimisation step
+    n0: int  # noise samples per input per step
+    lr: float  # Adam learning rate on log(sigma)
+    lr_decay: float  # learning rate factor after every sub-epoch
+    eval_n0: int = 32
+    eval_n: int = 256
+    eval_alpha: float = 0.001
+    eval_max: int = -1  # test inputs per evaluation (-1: all)
+    baseline: bool = True  # also evaluate isotropic sigma at every constant
+
+
+@dataclass(frozen=True)
+class CertifySpec:
+    """Test-time CERTIFY / PREDICT (Cohen et al., paper Theorem 3.1)."""
+
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    split: Literal["train", "test"] = "test"
+    skip: int = 1  # certify every skip-th input
+    max: int = -1  # stop after this many inputs (-1: all)
+    bound: Literal["one-sided", "two-sided"] = "one-sided"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How the Monte Carlo engine runs (never what it computes)."""
+
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    precision: Literal["fp32", "bf16"] = "fp32"
+    chunk_size: int = 0  # noisy samples per forward pass (0: chosen per device)
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec
+    optimize: OptimizeSpec
+    certify: CertifySpec = CertifySpec()
+    engine: EngineSpec = EngineSpec()
+    description: str = ""
+    seed: int = 0
+    source: str = ""  # the file the spec was read from (not a YAML key)
+
+    @property
+    def input_dim(self) -> int:
+        """D, the number of input elements (one sigma each)."""
+        dim = 1
+        for size in self.data.input_shape:
+            dim *= size
+        return dim
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain data (for manifests)."""
+        raw = dataclasses.asdict(self)
+        raw.pop("source")
+        return _plain(raw)
+
+    def digest(self, *sections: str) -> str:
+        """sha256 of the resolved spec, or of the named sections only."""
+        raw = self.to_dict()
+        if sections:
+            raw = {key: raw[key] for key in sections}
+        return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
+
+
+_NOT_KEYS = {"source"}
+
+
+def builtin_specs() -> list[str]:
+    """Names of the run specs that ship with nrs."""
+    folder = files("nrs_cli.datasets")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_spec_path(name_or_path: str) -> Path:
+    """A built-in spec name (``mnist``) or a path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        if not candidate.is_file():
+            raise NrsError(f"spec file not found: {name_or_path}")
+        return candidate
+    builtin = files("nrs_cli.datasets") / f"{name_or_path}.yaml"
+    if not builtin.is_file():
+        raise NrsError(
+            f"unknown dataset '{name_or_path}' (built-in: {', '.join(builtin_specs())}; "
+            "or pass a YAML run spec file)"
+        )
+    return Path(str(builtin))
+
+
+def load_spec(name_or_path: str = "mnist-mini", overrides: dict[str, Any] | None = None) -> RunSpec:
+    """Load a run spec and apply overrides given as ``{"train.epochs": 3}``.
+
+    Overrides with the value None are ignored, so CLI options that were not
+    given can be passed straight through.
+    """
+    path = resolve_spec_path(name_or_path)
+    raw = _read_raw(path, seen=())
+    spec = _build(RunSpec, raw, "", str(path))  # errors here are the file's
+    given = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
+    if given:
+        for dotted, value in given.items():
+            _set_dotted(raw, dotted, value, "command line")
+        spec = _build(RunSpec, raw, "", "command line")  # errors here are the overrides'
+    return dataclasses.replace(spec, source=str(path))
+
+
+def _read_raw(path: Path, seen: tuple[str, ...]) -> dict[str, Any]:
+    """The YAML mapping of a spec file with its ``extends`` chain merged in."""
+    if str(path) in seen:
+        raise NrsError(f"{path}: 'extends' loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise NrsError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    except OSError as err:
+        raise NrsError(f"cannot read spec {path}: {err.strerror}") from None
+    if not isinstance(raw, dict):
+        raise NrsError(f"{path}: a run spec must be a YAML mapping of sections")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise NrsError(f"{path}: extends: expected the name or file of another spec")
+    sibling = path.parent / parent  # a relative file name means next to this spec
+    parent_path = sibling if sibling.suffix in (".yaml", ".yml") and sibling.is_file() else resolve_spec_path(parent)
+    return _merge(_read_raw(parent_path, seen + (str(path),)), raw)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    *sections, key = dotted.split(".")
+    node = raw
+    for section in sections:
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise NrsError(f"{source}: {section}: expected a mapping of keys")
+    node[key] = value
+
+
+def _build(cls: type, raw: Any, where: str, source: str):
+    if not isinstance(raw, dict):
+        raise NrsError(f"{source}: {where or 'spec'}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls) if f.name not in _NOT_KEYS]
+    for key in raw:
+        if key not in names:
+            raise NrsError(
+                f"{source}: unknown key '{_join(where, str(key))}' (expected one of: {', '.join(names)})"
+            )
+    values = {}
+    for f in fields(cls):
+        if f.name in _NOT_KEYS:
+            continue
+        key = _join(where, f.name)
+        if f.name in raw:
+            values[f.name] = _convert(hints[f.name], raw[f.name], key, source)
+        elif f.default is dataclasses.MISSING:
+            raise NrsError(f"{source}: missing key '{key}'")
+    return cls(**values)
+
+
+def _convert(annotation: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key, source)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _convert(inner, value, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise NrsError(f"{source}: {key}: expected one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise NrsError(f"{source}: {key}: expected a list, got {value!r}")
+        return tuple(_convert(args[0], item, key, source) for item in value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise NrsError(f"{source}: {key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise NrsError(f"{source}: {key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NrsError(f"{source}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise NrsError(f"{source}: {key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported spec annotation {annotation!r}")  # a bug in this module
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
