@@ -1,0 +1,332 @@
+"""Dataset registry: a loader name maps to a function that reads one split.
+
+Every loader returns a map-style dataset of ``(image, label)`` pairs with the
+image a float tensor of raw pixels in [0, 1] (normalisation lives inside the
+model, so noise and sigma speak of pixels). Loaders read the real on-disk
+formats through torchvision; when files are missing they try torchvision's
+download once (if the spec allows it) and otherwise raise a one-line
+:class:`NrsError` naming the folder layout they expect.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections import Counter
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from nrs_cli.errors import NrsError
+from nrs_cli.spec import DataSpec
+
+DATA_ROOT_ENV = "NRS_DATA_ROOT"
+SPLITS = ("train", "test")
+
+# Object types of KITTI's 2D detection labels, in the order that breaks ties
+# when two types are equally frequent in an image. DontCare regions are ignored.
+KITTI_CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc")
+
+
+@dataclass(frozen=True)
+class Loader:
+    name: str
+    description: str
+    read: Callable[[DataSpec, Path, str], Dataset]
+    family: str  # loaders of one family read the same kind of images (a model for one fits the other)
+
+
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_loader(name: str, description: str, family: str | None = None):
+    """Register ``read(spec, root, split) -> Dataset`` under ``name``."""
+
+    def decorate(read):
+        _LOADERS[name] = Loader(name, description, read, family or name)
+        return read
+
+    return decorate
+
+
+def list_loaders() -> dict[str, str]:
+    return {name: loader.description for name, loader in sorted(_LOADERS.items())}
+
+
+def data_family(loader: str) -> str:
+    """The family of a loader name (unknown names are their own family)."""
+    return _LOADERS[loader].family if loader in _LOADERS else loader
+
+
+def default_data_root() -> Path:
+    """Per-user cache folder, used when neither --data-root nor $NRS_DATA_ROOT is set."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "nrs" / "data"
+
+
+def resolve_data_root(option: str | os.PathLike | None = None) -> Path:
+    """--data-root, then $NRS_DATA_ROOT, then the per-user cache folder."""
+    if option:
+        return Path(option)
+    if os.environ.get(DATA_ROOT_ENV):
+        return Path(os.environ[DATA_ROOT_ENV])
+    return default_data_root()
+
+
+def load_split(spec: DataSpec, split: str, root: str | os.PathLike | None = None) -> Dataset:
+    """One split of a dataset, subsetted as the spec says, shape-checked."""
+    if split not in SPLITS:
+        raise NrsError(f"unknown split '{split}' (expected one of: {', '.join(SPLITS)})")
+    if spec.loader not in _LOADERS:
+        raise NrsError(f"unknown dataset loader '{spec.loader}' (known: {', '.join(sorted(_LOADERS))})")
+    dataset = _LOADERS[spec.loader].read(spec, resolve_data_root(root), split)
+    size = spec.train_size if split == "train" else spec.test_size
+    if size is not None and size < len(dataset):
+        generator = torch.Generator().manual_seed(spec.split_seed + (0 if split == "train" else 1))
+        chosen = torch.randperm(len(dataset), generator=generator)[:size].sort().values
+        dataset = Subset(dataset, chosen.tolist())
+    if len(dataset) == 0:
+        raise NrsError(f"the {split} split of '{spec.loader}' is empty")
+    shape = tuple(dataset[0][0].shape)
+    if shape != tuple(spec.input_shape):
+        raise NrsError(
+            f"{spec.loader} {split} images have shape {'x'.join(map(str, shape))}, "
+            f"but the spec says input_shape {'x'.join(map(str, spec.input_shape))}"
+        )
+    return dataset
+
+
+class ImageTensorDataset(Dataset):
+    """Images held in memory as uint8 NCHW, served as floats in [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("expected uint8 images (N, C, H, W) and N labels")
+        self.images = images
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index].float().div_(255), int(self.labels[index])
+
+
+def _missing(what: str, root: Path, layout: str, reason: str = "") -> NrsError:
+    hint = f"; {reason}" if reason else ""
+    return NrsError(
+        f"{what} not found under {root}: expected {layout} "
+        f"(point --data-root or ${DATA_ROOT_ENV} at the folder that holds it{hint})"
+    )
+
+
+def _ensure_files(spec: DataSpec, what: str, root: Path, layout: str, present, download) -> None:
+    """Make sure a dataset's files exist: download once if allowed, else explain the layout."""
+    if present():
+        return
+    if not spec.download:
+        raise _missing(what, root, layout, "downloading is off for this spec")
+    try:
+        download()
+    except Exception as err:  # noqa: BLE001 - any network or archive failure means "not available"
+        lines = str(err).strip().splitlines()
+        raise _missing(what, root, layout, f"download failed: {lines[-1] if lines else type(err).__name__}") from None
+    if not present():
+        raise _missing(what, root, layout)
+
+
+def _read_idx_dataset(cls, what: str, folder: str):
+    def read(spec: DataSpec, root: Path, split: str) -> Dataset:
+        raw = root / folder / "raw"
+        names = [f"{p}-{kind}-ubyte" for p in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
+        _ensure_files(
+            spec,
+            what,
+            root,
+            f"{raw}/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte",
+            lambda: all((raw / name).is_file() for name in names),
+            lambda: cls(str(root), download=True),
+        )
+        data = cls(str(root), train=(split == "train"), download=False)
+        return ImageTensorDataset(data.data.unsqueeze(1).contiguous(), data.targets)
+
+    return read
+
+
+def _register_torchvision_idx():
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    register_loader("mnist", "MNIST digits, torchvision IDX files (MNIST/raw/...)")(
+        _read_idx_dataset(MNIST, "MNIST", "MNIST")
+    )
+    register_loader("fashion-mnist", "Fashion-MNIST, torchvision IDX files (FashionMNIST/raw/...)")(
+        _read_idx_dataset(FashionMNIST, "Fashion-MNIST", "FashionMNIST")
+    )
+
+
+_register_torchvision_idx()
+
+
+@register_loader("mnist-mini", "5,000 train / 1,000 test MNIST digits shipped inside nrs (no download)", "mnist")
+def _read_mnist_mini(spec: DataSpec, root: Path, split: str) -> Dataset:
+    with np.load(str(files("nrs_cli") / "assets" / "mnist-mini.npz"), allow_pickle=False) as arrays:
+        images = torch.from_numpy(arrays[f"{split}_images"]).unsqueeze(1).contiguous()
+        labels = torch.from_numpy(arrays[f"{split}_labels"].astype(np.int64))
+    return ImageTensorDataset(images, labels)
+
+
+def _image_transform(spec: DataSpec):
+    from torchvision import transforms
+
+    steps = []
+    if spec.resize is not None:
+        steps.append(transforms.Resize(spec.resize if spec.crop else (spec.resize, spec.resize), antialias=True))
+    if spec.crop is not None:
+        steps.append(transforms.CenterCrop(spec.crop))
+    if spec.input_shape[0] == 1:
+        steps.append(transforms.Grayscale())
+    steps.append(transforms.ToTensor())
+    return transforms.Compose(steps)
+
+
+def _image_folder(spec: DataSpec, folder: Path, what: str, layout: str, root: Path) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    if not folder.is_dir():
+        raise _missing(what, root, layout)
+    try:
+        dataset = ImageFolder(str(folder), transform=_image_transform(spec))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise NrsError(f"{what}: cannot read {folder}: {err}") from None
+    if len(dataset.classes) != spec.num_classes:
+        raise NrsError(
+            f"{folder} has {len(dataset.classes)} class folders, but the spec says num_classes {spec.num_classes}"
+        )
+    return dataset
+
+
+@register_loader("imagefolder", "any folder <data-root>/<folder>/{train,test}/<class>/<image>")
+def _read_imagefolder(spec: DataSpec, root: Path, split: str) -> Dataset:
+    if spec.folder is None:
+        raise NrsError("the imagefolder loader needs data.folder in the spec (a folder under the data root)")
+    base = root / spec.folder
+    return _image_folder(spec, base / split, spec.folder, f"{base}/{{train,test}}/<class>/<image>", root)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10 batch pickles: dicts, lists, strings and numpy arrays, no other objects."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes in a protocol-2 pickle
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch file")
+
+
+CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def read_cifar10_batches(folder: Path, split: str) -> ImageTensorDataset:
+    """The original CIFAR-10 python batches (cifar-10-batches-py/) of one split."""
+    images, labels = [], []
+    for name in CIFAR10_BATCHES[split]:
+        try:
+            with open(folder / name, "rb") as handle:
+                batch = _ArrayUnpickler(handle, encoding="latin1").load()
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch["labels"])
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+            raise NrsError(f"cannot read CIFAR-10 batch {folder / name}: {err}") from None
+    return ImageTensorDataset(torch.from_numpy(np.concatenate(images)), torch.tensor(labels))
+
+
+@register_loader("cifar10", "CIFAR-10: the python batches (cifar-10-batches-py/) or a cifar10-jpeg/ ImageFolder copy")
+def _read_cifar10(spec: DataSpec, root: Path, split: str) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    pickles = root / "cifar-10-batches-py"
+    jpeg = root / (spec.folder or "cifar10-jpeg")
+    layout = f"{pickles}/{{data_batch_1..5,test_batch}} or {jpeg}/{{train,test}}/<class>/<image>"
+    if spec.folder is not None or (not pickles.is_dir() and (jpeg / split).is_dir()):
+        return _image_folder(spec, jpeg / split, "CIFAR-10", layout, root)
+    _ensure_files(
+        spec,
+        "CIFAR-10",
+        root,
+        layout,
+        lambda: all((pickles / name).is_file() for names in CIFAR10_BATCHES.values() for name in names),
+        lambda: CIFAR10(str(root), download=True),
+    )
+    return read_cifar10_batches(pickles, split)
+
+
+@register_loader("imagenet", "ILSVRC-2012 as ImageFolder: imagenet/{train,val}/<wnid>/<image> (test = val)")
+def _read_imagenet(spec: DataSpec, root: Path, split: str) -> Dataset:
+    base = root / (spec.folder or "imagenet")
+    folder = base / ("train" if split == "train" else "val")
+    return _image_folder(spec, folder, "ImageNet", f"{base}/{{train,val}}/<wnid>/<image>.JPEG", root)
+
+
+class KittiClassification(Dataset):
+    """KITTI 2D object detection turned into image classification (paper section 5).
+
+    An image's label is its most frequent object type (``DontCare`` ignored;
+    ties go to the type listed first in :data:`KITTI_CLASSES`). Images without
+    any labelled object are dropped and counted in :attr:`dropped`. The labelled
+    training images are split by ``split_seed`` into train and test parts.
+    """
+
+    def __init__(self, spec: DataSpec, root: Path, split: str):
+        from torchvision.datasets import Kitti
+
+        layout = f"{root}/Kitti/raw/training/{{image_2,label_2}}/"
+        try:
+            kitti = Kitti(str(root), train=True, download=False)
+        except RuntimeError:
+            raise _missing("KITTI", root, layout) from None
+        pairs = sorted(zip(kitti.images, kitti.targets))
+        labelled = [(image, kitti_image_label(target)) for image, target in pairs]
+        kept = [(image, label) for image, label in labelled if label is not None]
+        self.dropped = len(labelled) - len(kept)
+        order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(spec.split_seed)).tolist()
+        num_test = round(len(kept) * spec.test_fraction)
+        chosen = sorted(order[:num_test] if split == "test" else order[num_test:])
+        self.samples = [kept[i] for i in chosen]
+        self.transform = _image_transform(spec)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        path, label = self.samples[index]
+        with Image.open(path) as image:
+            return self.transform(image.convert("RGB")), label
+
+
+def kitti_image_label(label_file: str | os.PathLike) -> int | None:
+    """Index in KITTI_CLASSES of the most frequent object type in a label_2 file."""
+    with open(label_file) as lines:
+        types = [line.split()[0] for line in lines if line.strip()]
+    counts = Counter(t for t in types if t in KITTI_CLASSES)
+    if not counts:
+        return None
+    return max(range(len(KITTI_CLASSES)), key=lambda c: (counts[KITTI_CLASSES[c]], -c))
+
+
+@register_loader("kitti", "KITTI 2D objects (Kitti/raw/training/...), label = most frequent object type")
+def _read_kitti(spec: DataSpec, root: Path, split: str) -> Dataset:
+    return KittiClassification(spec, root, split)
