@@ -173,6 +173,144 @@ def train_base_command(
     console.print(f"test accuracy: {result.test_accuracy:.1%}")
 
 
+def _evaluation_inputs(dataset, data_root, checkpoint, runs_dir, sigma, options, set_):
+    """What certify and predict share: spec, model, sigma, device and the split's inputs."""
+    from nrs_cli.data import load_split
+    from nrs_cli.devices import resolve_device
+    from nrs_cli.models import load_checkpoint
+    from nrs_cli.sigma import parse_sigma
+
+    spec = _spec(dataset, options, set_)
+    checkpoint = checkpoint or runs_dir / spec.name / "base" / "checkpoint.pt"
+    model, _ = load_checkpoint(checkpoint, spec)
+    noise = parse_sigma(sigma, spec)
+    target = resolve_device(spec.engine.device)
+    inputs = load_split(spec.data, spec.certify.split, data_root)
+    return spec, model, noise, target, inputs, checkpoint
+
+
+def _default_out(runs_dir: Path, spec, kind: str, sigma) -> Path:
+    tag = sigma.label if sigma.source else f"iso-{sigma.label}"
+    return runs_dir / spec.name / kind / f"{tag}_n{spec.certify.n}.tsv"
+
+
+def _row_progress(progress: Progress, label: str):
+    task = progress.add_task(label, total=None)
+
+    def on_rows(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return on_rows
+
+
+SIGMA_HELP = "Noise scales: a number (isotropic, pixel units) or a sigma file from optimize-sigma."
+CHECKPOINT_HELP = "Base classifier (nrs, Cohen or Salman checkpoint; default RUNS_DIR/<dataset>/base/checkpoint.pt)."
+OUT_HELP = "Result TSV; manifest and summary JSON go beside it (default RUNS_DIR/<dataset>/<command>/...)."
+
+
+@command("certify")
+def certify_command(
+    sigma: str = typer.Option(..., help=SIGMA_HELP),
+    dataset: str = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    n0: Optional[int] = typer.Option(None, help="Selection samples per input [spec: certify.n0]."),
+    n: Optional[int] = typer.Option(None, help="Estimation samples per input [spec: certify.n]."),
+    alpha: Optional[float] = typer.Option(None, help="Failure probability [spec: certify.alpha]."),
+    bound: Optional[str] = typer.Option(
+        None, help="one-sided (Cohen et al.) or two-sided (also bounds the runner-up) [spec: certify.bound]."
+    ),
+    batch: Optional[int] = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size]."),
+    split: Optional[str] = typer.Option(None, help="train or test [spec: certify.split]."),
+    skip: Optional[int] = typer.Option(None, help="Certify every SKIP-th input [spec: certify.skip]."),
+    max_: Optional[int] = typer.Option(None, "--max", help="Stop before this input index [spec: certify.max]."),
+    seed: Optional[int] = typer.Option(None, help="Noise seed [spec: seed]."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 [spec: engine.precision]."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device]."),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live."),
+    data_root: Optional[Path] = typer.Option(None, help=DATA_ROOT_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Certify the smoothed classifier on a split (CERTIFY with the ellipsoid of Theorem 3.1).
+
+    Writes a TSV row per input (idx label predict radius correct time, then
+    pA_lower pB_upper icdf log_area gm_radius), a summary JSON and a manifest.
+    Rerunning the same command resumes after the last complete row.
+    """
+    from nrs_cli.certify import certify_run
+
+    options = {
+        "certify.n0": n0, "certify.n": n, "certify.alpha": alpha, "certify.bound": bound, "certify.split": split,
+        "certify.skip": skip, "certify.max": max_, "engine.chunk_size": batch, "seed": seed,
+        "engine.precision": precision, "engine.device": device,
+    }
+    spec, model, noise, target, inputs, checkpoint = _evaluation_inputs(
+        dataset, data_root, checkpoint, runs_dir, sigma, options, set_
+    )
+    out = out or _default_out(runs_dir, spec, "certify", noise)
+    c = spec.certify
+    console.print(
+        f"certify: {spec.name} {c.split}, sigma {noise.label}, n0={c.n0} n={c.n} alpha={c.alpha:g} {c.bound}, "
+        f"{spec.engine.precision} on {target} -> {out}"
+    )
+    with _progress() as progress:
+        summary = certify_run(spec, model, noise, inputs, out, target, str(checkpoint), _row_progress(progress, "inputs"))
+    table = Table("certify summary", "", box=None)
+    rows = {
+        "certified accuracy": f"{summary['certified_accuracy']:.1%} ({summary['correct']}/{summary['inputs']})",
+        "abstained": str(summary["abstained"]),
+        "wrong": str(summary["wrong"]),
+        "mean log_area (certified)": f"{summary['mean_log_area']:.1f}",
+        "median l2 radius": f"{summary['median_radius']:.3f}",
+        "median gm_radius": f"{summary['median_gm_radius']:.3f}",
+        "throughput": f"{summary['samples_per_second']:,.0f} samples/s",
+    }
+    for name, value in rows.items():
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"results: {out}")
+
+
+@command("predict")
+def predict_command(
+    sigma: str = typer.Option(..., help=SIGMA_HELP),
+    dataset: str = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    n: Optional[int] = typer.Option(None, help="Samples per input [spec: certify.n]."),
+    alpha: Optional[float] = typer.Option(None, help="Failure probability [spec: certify.alpha]."),
+    batch: Optional[int] = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size]."),
+    split: Optional[str] = typer.Option(None, help="train or test [spec: certify.split]."),
+    skip: Optional[int] = typer.Option(None, help="Predict every SKIP-th input [spec: certify.skip]."),
+    max_: Optional[int] = typer.Option(None, "--max", help="Stop before this input index [spec: certify.max]."),
+    seed: Optional[int] = typer.Option(None, help="Noise seed [spec: seed]."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 [spec: engine.precision]."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device]."),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live."),
+    data_root: Optional[Path] = typer.Option(None, help=DATA_ROOT_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Predict with the smoothed classifier (PREDICT: binomial test, abstains when unsure)."""
+    from nrs_cli.certify import predict_run
+
+    options = {
+        "certify.n": n, "certify.alpha": alpha, "certify.split": split, "certify.skip": skip, "certify.max": max_,
+        "engine.chunk_size": batch, "seed": seed, "engine.precision": precision, "engine.device": device,
+    }
+    spec, model, noise, target, inputs, checkpoint = _evaluation_inputs(
+        dataset, data_root, checkpoint, runs_dir, sigma, options, set_
+    )
+    out = out or _default_out(runs_dir, spec, "predict", noise)
+    console.print(f"predict: {spec.name} {spec.certify.split}, sigma {noise.label}, n={spec.certify.n} -> {out}")
+    with _progress() as progress:
+        summary = predict_run(spec, model, noise, inputs, out, target, str(checkpoint), _row_progress(progress, "inputs"))
+    console.print(
+        f"accuracy {summary['accuracy']:.1%} ({summary['correct']}/{summary['inputs']}), "
+        f"abstained {summary['abstained']}, wrong {summary['wrong']}, {summary['samples_per_second']:,.0f} samples/s"
+    )
+    console.print(f"results: {out}")
+
+
 @command("list")
 def list_command(
     what: str = typer.Argument("datasets", help="datasets, loaders or archs"),

@@ -101,6 +101,23 @@ def load_split(spec: DataSpec, split: str, root: str | os.PathLike | None = None
     return dataset
 
 
+def selected_indices(size: int, skip: int = 1, stop: int = -1) -> list[int]:
+    """Every ``skip``-th index below ``stop`` (Cohen et al.'s --skip and --max; -1: no stop)."""
+    if skip < 1:
+        raise NrsError(f"skip must be at least 1 (got {skip})")
+    end = size if stop < 0 else min(size, stop)
+    return list(range(0, end, skip))
+
+
+def iterate_batches(dataset: Dataset, indices: list[int], batch_size: int, workers: int = 0):
+    """Yield ``(indices, images, labels)`` for consecutive groups of the given dataset indices."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers)
+    for position, (images, labels) in zip(range(0, len(indices), batch_size), loader):
+        yield indices[position : position + batch_size], images, labels
+
+
 class ImageTensorDataset(Dataset):
     """Images held in memory as uint8 NCHW, served as floats in [0, 1]."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,31 +39,32 @@ SIGMA_FORMAT = "nrs-sigma/1"
 
 @dataclass(frozen=True)
 class Sigma:
-    """Validated noise scales in pixel units, one per input element."""
+    """Validated noise scales in pixel units, one per input element (derived values are cached)."""
 
     values: torch.Tensor
-    label: str
+    label: str  # for legends and file names: the constant, or the file's stem
     metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # the sigma file it was read from ("" for a constant)
 
-    @property
+    @cached_property
     def isotropic(self) -> bool:
         return bool((self.values == self.values.reshape(-1)[0]).all())
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return tensor_digest({"sigma": self.values})
 
-    @property
+    @cached_property
     def log_sum(self) -> float:
         """sum_i log sigma_i, the sigma part of the certified-area objective."""
         return float(self.values.double().log().sum())
 
-    @property
+    @cached_property
     def log_mean(self) -> float:
         """mean_i log sigma_i (the log of the geometric mean)."""
         return float(self.values.double().log().mean())
 
-    @property
+    @cached_property
     def min(self) -> float:
         return float(self.values.min())
 
@@ -91,7 +93,7 @@ def load_sigma(path: str | os.PathLike, spec: RunSpec) -> Sigma:
         raise NrsError(f"{path} is not a sigma file (expected a tensor or a dict with a 'sigma' tensor)")
     values = payload["sigma"]
     metadata = {key: value for key, value in payload.items() if key != "sigma"}
-    return Sigma(validate_sigma(values, spec, str(path)), Path(path).stem, metadata)
+    return Sigma(validate_sigma(values, spec, str(path)), Path(path).stem, metadata, str(path))
 
 
 def validate_sigma(values: torch.Tensor, spec: RunSpec, source: str) -> torch.Tensor:

@@ -1,0 +1,216 @@
+"""`nrs certify` / `nrs predict` end to end on mnist-mini: files, numbers, resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nrs_cli.models import build_model, save_checkpoint
+from nrs_cli.results import CERTIFY_COLUMNS, read_table
+from nrs_cli.sigma import save_sigma
+from nrs_cli.spec import load_spec
+
+QUICK = ["--n0", 20, "--n", 100, "--max", 12]
+
+
+def certify(run_cli, trained_mini, out, *args):
+    return run_cli("certify", "--checkpoint", trained_mini / "checkpoint.pt", "--out", out, *args)
+
+
+def without_time(path):
+    rows = read_table(path)
+    for row in rows:
+        row.pop("time")
+    return rows
+
+
+def test_certify_writes_cohens_columns_then_ours(run_cli, trained_mini, tmp_path):
+    out = tmp_path / "iso.tsv"
+    result = certify(run_cli, trained_mini, out, "--sigma", 0.25, *QUICK)
+    assert result.code == 0, result.stderr
+    header = out.read_text().splitlines()[0].split("\t")
+    assert header[:6] == ["idx", "label", "predict", "radius", "correct", "time"] and header == CERTIFY_COLUMNS
+    rows = read_table(out)
+    assert [int(r["idx"]) for r in rows] == list(range(12))
+    summary = json.loads((tmp_path / "iso.summary.json").read_text())
+    manifest = json.loads((tmp_path / "iso.manifest.json").read_text())
+    assert summary["inputs"] == 12 and summary["certified_accuracy"] == sum(r["correct"] == "1" for r in rows) / 12
+    assert summary["certified_accuracy"] >= 0.75 and "certified accuracy" in result.stdout
+    assert manifest["fingerprint"]["n"] == 100 and manifest["sigma"]["label"] == "0.25"
+    for row in rows:
+        if row["predict"] != "-1":  # isotropic: radius = sigma * Phi^-1(pA_lower) = gm_radius
+            assert float(row["radius"]) == pytest.approx(0.25 * float(row["icdf"]), rel=1e-6)
+            assert float(row["gm_radius"]) == pytest.approx(float(row["radius"]), rel=1e-6)
+
+
+def test_same_seed_different_batch_sizes_give_the_same_rows(run_cli, trained_mini, tmp_path):
+    for batch in (7, 64, 300):
+        assert certify(run_cli, trained_mini, tmp_path / f"b{batch}.tsv", "--sigma", 0.3, "--batch", batch, *QUICK).code == 0
+    assert without_time(tmp_path / "b7.tsv") == without_time(tmp_path / "b64.tsv") == without_time(tmp_path / "b300.tsv")
+    # and another seed draws other noise
+    assert certify(run_cli, trained_mini, tmp_path / "s1.tsv", "--sigma", 0.3, "--seed", 1, *QUICK).code == 0
+    assert without_time(tmp_path / "s1.tsv") != without_time(tmp_path / "b7.tsv")
+
+
+def test_anisotropic_sigma_file_and_two_sided_bound(run_cli, trained_mini, tmp_path):
+    spec = load_spec("mnist-mini")
+    values = torch.full((1, 28, 28), 0.2)
+    values[..., :4] = values[..., -4:] = 0.6  # noisier borders
+    save_sigma(tmp_path / "sigma.pt", values, spec, method="anisotropic", init=0.2)
+    out = tmp_path / "aniso.tsv"
+    assert certify(run_cli, trained_mini, out, "--sigma", tmp_path / "sigma.pt", "--bound", "two-sided", *QUICK).code == 0
+    for row in read_table(out):
+        if row["predict"] != "-1":
+            R = float(row["icdf"])
+            assert float(row["radius"]) == pytest.approx(0.2 * R, rel=1e-6)  # the smallest semi-axis
+            assert float(row["pB_upper"]) <= 1 - float(row["pA_lower"]) + 1e-9  # 10 digits in the file
+    assert json.loads((tmp_path / "aniso.manifest.json").read_text())["sigma"]["method"] == "anisotropic"
+
+
+def test_predict(run_cli, trained_mini, tmp_path):
+    out = tmp_path / "predict.tsv"
+    result = run_cli("predict", "--checkpoint", trained_mini / "checkpoint.pt", "--out", out, "--sigma", 0.25,
+                     "--n", 100, "--max", 10)
+    assert result.code == 0, result.stderr
+    rows = read_table(out)
+    assert list(rows[0]) == ["idx", "label", "predict", "correct", "time"] and len(rows) == 10
+    assert sum(r["correct"] == "1" for r in rows) >= 8
+
+
+def launch_certify(trained_mini, out, extra=()):
+    args = [sys.executable, "-m", "nrs_cli", "certify", "--checkpoint", str(trained_mini / "checkpoint.pt"),
+            "--out", str(out), "--sigma", "0.25", "--n0", "20", "--n", "400", "--max", "60", *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rows(out, rows, process, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if out.exists() and out.read_text().count("\n") > rows:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run ended before it could be interrupted")
+
+
+def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
+    full = tmp_path / "full.tsv"
+    assert certify(run_cli, trained_mini, full, "--sigma", 0.25, "--n0", 20, "--n", 400, "--max", 60).code == 0
+
+    out = tmp_path / "killed.tsv"
+    process = launch_certify(trained_mini, out)
+    wait_for_rows(out, 5, process)
+    process.kill()  # no chance to clean up, as after a crash or a lost machine
+    process.wait()
+    written = len(read_table(out))
+    assert 5 <= written < 60
+    with open(out, "a") as handle:
+        handle.write("17\t3\t3\t0.1")  # and a half-written row, as if killed mid-line
+    assert certify(run_cli, trained_mini, out, "--sigma", 0.25, "--n0", 20, "--n", 400, "--max", 60).code == 0
+    assert without_time(out) == without_time(full)
+    assert json.loads((tmp_path / "killed.manifest.json").read_text())["resumed"]
+
+
+def test_interrupted_run_says_so_in_one_line_and_exits_2(trained_mini, tmp_path):
+    out = tmp_path / "int.tsv"
+    process = launch_certify(trained_mini, out)
+    wait_for_rows(out, 3, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert stderr.strip().startswith("error: interrupted") and stderr.strip().count("\n") == 0
+    kept = len(read_table(out))
+    assert kept >= 3 and out.read_text().endswith("\n")
+
+
+def test_resume_refuses_other_sigma_model_or_options_and_keeps_the_file(run_cli, trained_mini, tmp_path):
+    out = tmp_path / "r.tsv"
+    assert certify(run_cli, trained_mini, out, "--sigma", 0.25, *QUICK).code == 0
+    before = out.read_bytes()
+    spec = load_spec("mnist-mini")
+    save_checkpoint(tmp_path / "other.pt", build_model(spec), spec, "mnist_cnn")
+    attempts = [
+        (["--sigma", 0.5, *QUICK], "sigma_sha256"),
+        (["--sigma", 0.25, "--n0", 20, "--n", 101, "--max", 12], "n"),
+        (["--sigma", 0.25, "--seed", 9, *QUICK], "seed"),
+        (["--sigma", 0.25, "--precision", "bf16", *QUICK], "precision"),
+    ]
+    for args, differs in attempts:
+        result = certify(run_cli, trained_mini, out, *args)
+        assert result.code == 2 and f"different {differs}" in result.stderr, result.stderr
+    result = run_cli("certify", "--checkpoint", tmp_path / "other.pt", "--out", out, "--sigma", 0.25, *QUICK)
+    assert result.code == 2 and "model_sha256" in result.stderr
+    assert out.read_bytes() == before
+
+
+def test_longer_max_extends_a_finished_table(run_cli, trained_mini, tmp_path):
+    out = tmp_path / "grow.tsv"
+    assert certify(run_cli, trained_mini, out, "--sigma", 0.25, "--n0", 20, "--n", 100, "--max", 5).code == 0
+    assert certify(run_cli, trained_mini, out, "--sigma", 0.25, "--n0", 20, "--n", 100, "--max", 12).code == 0
+    assert certify(run_cli, trained_mini, tmp_path / "once.tsv", "--sigma", 0.25, *QUICK).code == 0
+    assert without_time(out) == without_time(tmp_path / "once.tsv")
+
+
+def bad_sigma_file(tmp_path, name, values):
+    path = tmp_path / name
+    torch.save({"sigma": values}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sigma", 0], "sigma must be a positive finite number, got 0.0"),
+        (["--sigma", -0.5], "sigma must be a positive finite number"),
+        (["--sigma", "nan"], "sigma must be a positive finite number"),
+        (["--sigma", 0.25, "--alpha", 0], "alpha must lie strictly between 0 and 1"),
+        (["--sigma", 0.25, "--alpha", 1.5], "alpha must lie strictly between 0 and 1"),
+        (["--sigma", 0.25, "--n0", 0], "n0 and n must be at least 1"),
+        (["--sigma", 0.25, "--n", 0], "n0 and n must be at least 1"),
+        (["--sigma", 0.25, "--bound", "three-sided"], "certify.bound: expected one of one-sided, two-sided"),
+        (["--sigma", 0.25, "--skip", 0], "skip must be at least 1"),
+        (["--sigma", 0.25, "--precision", "fp8"], "engine.precision: expected one of fp32, bf16"),
+        (["--sigma", "missing.pt"], "sigma file not found"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(run_cli, trained_mini, tmp_path, args, message):
+    result = certify(run_cli, trained_mini, tmp_path / "x.tsv", *args)
+    assert result.code == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "x.tsv").exists()
+
+
+def test_bad_sigma_files(run_cli, trained_mini, tmp_path):
+    cases = {
+        "shape.pt": (torch.full((1, 28, 27), 0.3), "sigma has shape 1x28x27, but mnist-mini inputs are 1x28x28"),
+        "zero.pt": (torch.full((1, 28, 28), 0.3).index_fill_(2, torch.tensor([3]), 0.0), "28 values <= 0"),
+        "nan.pt": (torch.full((1, 28, 28), float("nan")), "784 non-finite values"),
+        "int.pt": (torch.ones((1, 28, 28), dtype=torch.int64), "floating-point tensor"),
+    }
+    for name, (values, message) in cases.items():
+        result = certify(run_cli, trained_mini, tmp_path / "x.tsv", "--sigma", bad_sigma_file(tmp_path, name, values))
+        assert result.code == 2 and message in result.stderr, result.stderr
+    (tmp_path / "garbage.pt").write_bytes(os.urandom(300))
+    result = certify(run_cli, trained_mini, tmp_path / "x.tsv", "--sigma", tmp_path / "garbage.pt")
+    assert result.code == 2 and "cannot read sigma file" in result.stderr
+
+
+def test_checkpoint_for_another_dataset_is_refused(run_cli, tmp_path):
+    spec = load_spec("fashion-mnist")
+    save_checkpoint(tmp_path / "fashion.pt", build_model(spec), spec, "mnist_cnn")
+    result = run_cli("certify", "--checkpoint", tmp_path / "fashion.pt", "--sigma", 0.25, "--out", tmp_path / "x.tsv")
+    assert result.code == 2 and "trained on fashion-mnist, not mnist-mini" in result.stderr
+    result = run_cli("certify", "--checkpoint", tmp_path / "none.pt", "--sigma", 0.25, "--out", tmp_path / "x.tsv")
+    assert result.code == 2 and "checkpoint not found" in result.stderr
+
+
+def test_default_output_path(run_cli, trained_mini, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = Path(trained_mini).parents[1]
+    result = run_cli("certify", "--runs-dir", runs, "--sigma", 0.25, "--n0", 10, "--n", 50, "--max", 2)
+    assert result.code == 0, result.stderr
+    assert (runs / "mnist-mini" / "certify" / "iso-0.25_n50.tsv").is_file()
