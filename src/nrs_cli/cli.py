@@ -334,6 +334,9 @@ def optimize_sigma_command(
     baseline: Optional[bool] = typer.Option(
         None, "--baseline/--no-baseline", help="Also evaluate isotropic sigma at every constant [spec: optimize.baseline]."
     ),
+    baseline_step: Optional[float] = typer.Option(
+        None, help="Spacing of the isotropic baseline constants (default: init step) [spec: optimize.baseline_step]."
+    ),
     train_size: Optional[int] = typer.Option(None, help="Use a seeded subset of the train split [spec: data.train_size]."),
     batch: Optional[int] = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size]."),
     seed: Optional[int] = typer.Option(None, help="Seed of batches and noise [spec: seed]."),
@@ -362,7 +365,8 @@ def optimize_sigma_command(
             "optimize.sub_epochs": sub_epochs, "optimize.steps_per_sub_epoch": steps,
             "optimize.batch_size": batch_size, "optimize.n0": n0, "optimize.lr": lr, "optimize.lr_decay": lr_decay,
             "optimize.eval_n0": eval_n0, "optimize.eval_n": eval_n, "optimize.eval_alpha": eval_alpha,
-            "optimize.eval_max": eval_max, "optimize.baseline": baseline, "data.train_size": train_size,
+            "optimize.eval_max": eval_max, "optimize.baseline": baseline, "optimize.baseline_step": baseline_step,
+            "data.train_size": train_size,
             "engine.chunk_size": batch, "seed": seed, "engine.precision": precision, "engine.device": device,
         },
         set_,

@@ -165,8 +165,18 @@ def batch_stream(size: int, batch_size: int, seed: int, init_index: int, step: i
 
 
 def sweep_constants(spec: RunSpec) -> list[float]:
+    """The constants sigma is initialised to: init, init + init_step, ..."""
     o = spec.optimize
     return [round(o.init + k * o.init_step, 10) for k in range(o.inits)]
+
+
+def baseline_constants(spec: RunSpec) -> list[float]:
+    """Isotropic baseline constants: the sweep's range every baseline_step (default init_step)."""
+    o = spec.optimize
+    step = o.baseline_step or o.init_step
+    last = sweep_constants(spec)[-1]
+    count = int(math.floor((last - o.init) / step + 1e-9)) + 1 if step > 0 else 1
+    return [round(o.init + k * step, 10) for k in range(count)]
 
 
 def _check(spec: RunSpec) -> None:
@@ -176,6 +186,8 @@ def _check(spec: RunSpec) -> None:
         raise NrsError("optimize: inits, sub_epochs, batch_size and n0 must be at least 1")
     if o.init <= 0 or o.init + (o.inits - 1) * o.init_step <= 0:
         raise NrsError(f"optimize: every initial sigma must be positive (init {o.init}, step {o.init_step})")
+    if o.baseline_step is not None and o.baseline_step <= 0:
+        raise NrsError(f"optimize: baseline_step must be positive (got {o.baseline_step})")
     if o.lr <= 0 or o.lr_decay <= 0 or o.steps_per_sub_epoch < 0:
         raise NrsError("optimize: lr and lr_decay must be positive and steps_per_sub_epoch >= 0")
 
@@ -248,7 +260,7 @@ def sweep_run(
                               collective)
 
     if o.baseline and not state["baseline_done"]:
-        for constant in sweep_constants(spec):
+        for constant in baseline_constants(spec):
             if any(r["method"] == "isotropic" and r["init"] == constant for r in state["rows"]):
                 continue
             started = time.perf_counter()

@@ -87,7 +87,8 @@ class OptimizeSpec:
     eval_n: int = 256
     eval_alpha: float = 0.001
     eval_max: int = -1  # test inputs per evaluation (-1: all)
-    baseline: bool = True  # also evaluate isotropic sigma at every constant
+    baseline: bool = True  # also evaluate isotropic sigma over the sweep's range
+    baseline_step: Optional[float] = None  # spacing of the isotropic constants (default: init_step)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,23 @@ class EngineSpec:
 
 
 @dataclass(frozen=True)
+class FiguresSpec:
+    """What `nrs figures` (`make figures`) runs: smaller stand-ins where the paper's settings take hours.
+
+    Unset (null) fields keep the optimize / certify sections' values.
+    """
+
+    init_step: Optional[float] = None
+    inits: Optional[int] = None
+    sub_epochs: Optional[int] = None
+    steps_per_sub_epoch: Optional[int] = None
+    eval_max: Optional[int] = None
+    baseline_step: Optional[float] = None
+    certify_max: Optional[int] = None  # Fig. 1 certifies the test inputs below this index
+    sigmas: int = 2  # optimised sigmas in Fig. 1, each with the isotropic sigma of its mean
+
+
+@dataclass(frozen=True)
 class RunSpec:
     name: str
     data: DataSpec
@@ -122,6 +140,7 @@ class RunSpec:
     optimize: OptimizeSpec
     certify: CertifySpec = CertifySpec()
     engine: EngineSpec = EngineSpec()
+    figures: FiguresSpec = FiguresSpec()
     description: str = ""
     seed: int = 0
     source: str = ""  # the file the spec was read from (not a YAML key)

@@ -1,0 +1,131 @@
+"""`nrs figures` / `make figures`: the paper's figures for one dataset, from scratch, resumable.
+
+1. base classifier: ``runs/<dataset>/base`` (trained with the spec unless it exists);
+2. the sweep of Fig. 2: ``runs/<dataset>/optimize/figures`` (the spec's optimize
+   section with its ``figures`` overrides), resumed if interrupted;
+3. the sigmas of Fig. 1: the optimised sigmas picked by :func:`choose_sigmas`,
+   each with an isotropic sigma equal to its mean (as in the paper), certified
+   with the spec's certify settings into ``runs/<dataset>/certify/figures-*.tsv``;
+4. drawing: Fig. 1 against certified area, l2 radius and equal-volume
+   radius, Fig. 2 (Fig. 4 for KITTI), Fig. 3 and its report, and the tables,
+   into ``<out>/<dataset>/``.
+
+Every step reuses what an earlier run finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from nrs_cli.certify import certify_run
+from nrs_cli.data import load_split
+from nrs_cli.errors import NrsError
+from nrs_cli.models import build_model, load_checkpoint
+from nrs_cli.optimize import read_metrics, sweep_run
+from nrs_cli.plots import blanket_filter, load_result, load_sweep, plot_certified_accuracy, plot_clean_accuracy
+from nrs_cli.serialization import atomic_write_text
+from nrs_cli.sigma import Sigma, constant_sigma, load_sigma
+from nrs_cli.sigma_images import plot_sigmas, robustness_report
+from nrs_cli.spec import RunSpec
+from nrs_cli.tables import default_thresholds, latex_table, markdown_table
+from nrs_cli.train import train_base_run
+
+
+def figures_spec(spec: RunSpec) -> RunSpec:
+    """The spec with its ``figures`` overrides applied to the optimize and certify sections."""
+    f = spec.figures
+    overrides = {
+        name: getattr(f, name)
+        for name in ("init_step", "inits", "sub_epochs", "steps_per_sub_epoch", "eval_max", "baseline_step")
+        if getattr(f, name) is not None
+    }
+    optimize = dataclasses.replace(spec.optimize, **overrides)
+    certify = spec.certify if f.certify_max is None else dataclasses.replace(spec.certify, max=f.certify_max)
+    return dataclasses.replace(spec, optimize=optimize, certify=certify)
+
+
+def choose_sigmas(rows: list[dict], count: int) -> list[dict]:
+    """Optimised sigmas worth a Fig. 1 line: on the blanket frontier, near the best accuracy.
+
+    Among blanket-filtered anisotropic points with at least 90% of the best
+    accuracy, take ``count`` spread evenly from the most accurate to the one
+    with the largest certified area.
+    """
+    anisotropic = [r for r in rows if r["method"] == "anisotropic"]
+    keep = blanket_filter([(r["mean_log_area"], r["accuracy"]) for r in anisotropic])
+    frontier = [r for r, k in zip(anisotropic, keep) if k]
+    if not frontier:
+        raise NrsError("the sweep has no optimised sigma with a certified input to plot")
+    best = max(r["accuracy"] for r in frontier)
+    good = sorted((r for r in frontier if r["accuracy"] >= 0.9 * best), key=lambda r: r["mean_log_area"])
+    if len(good) <= count:
+        return good
+    picks = sorted({round(k * (len(good) - 1) / (count - 1)) for k in range(count)}) if count > 1 else [0]
+    return [good[k] for k in picks]
+
+
+def figures_run(
+    spec: RunSpec,
+    data_root: str | Path | None,
+    runs_dir: str | Path,
+    out_dir: str | Path,
+    device: torch.device,
+    say: Callable[[str], None] = lambda message: None,
+) -> list[Path]:
+    """Make every figure of one dataset; returns the files written."""
+    spec = figures_spec(spec)
+    runs = Path(runs_dir) / spec.name
+    out = Path(out_dir) / spec.name
+    train_set = load_split(spec.data, "train", data_root)
+    test_set = load_split(spec.data, "test", data_root)
+
+    checkpoint = runs / "base" / "checkpoint.pt"
+    if not checkpoint.is_file():
+        say(f"[1/4] training the base classifier -> {checkpoint}")
+        train_base_run(spec, build_model(spec), train_set, test_set, runs / "base", device)
+    else:
+        say(f"[1/4] base classifier: {checkpoint} (exists)")
+    model, _ = load_checkpoint(checkpoint, spec)
+
+    sweep_dir = runs / "optimize" / "figures"
+    say(f"[2/4] sigma sweep -> {sweep_dir}")
+    sweep_run(spec, model, train_set, test_set, sweep_dir, device, str(checkpoint))
+    rows = read_metrics(sweep_dir)
+
+    chosen = choose_sigmas(rows, spec.figures.sigmas)
+    sigmas: list[Sigma] = []
+    for row in chosen:
+        optimised = load_sigma(sweep_dir / row["sigma_file"], spec)
+        sigmas += [optimised, constant_sigma(round(float(optimised.values.double().mean()), 2), spec.data.input_shape)]
+    results = []
+    for sigma in sigmas:
+        name = f"figures-{sigma.label}" if sigma.source else f"figures-iso-{sigma.label}"
+        tsv = runs / "certify" / f"{name}.tsv"
+        say(f"[3/4] certify sigma {sigma.label} -> {tsv}")
+        certify_run(spec, model, sigma, test_set, tsv, device, str(checkpoint))
+        results.append(load_result(tsv))
+
+    say(f"[4/4] figures -> {out}")
+    written: list[Path] = []
+    title = spec.name
+    for column, suffix in (("log_area", "area"), ("radius", "radius"), ("gm_radius", "gm-radius")):
+        written += plot_certified_accuracy(results, column, out / f"fig1-certified-accuracy-{suffix}", title)
+    figure = "fig4-clean-accuracy" if spec.data.loader == "kitti" else "fig2-clean-accuracy"
+    written += plot_clean_accuracy([load_sweep(sweep_dir)], out / figure, title=title)
+    written += plot_clean_accuracy([load_sweep(sweep_dir)], out / f"{figure}-unfiltered", unfiltered=True, title=title)
+    optimised = sigmas[0::2]
+    written += plot_sigmas(optimised, out / "fig3-sigma")
+    report = out / "fig3-sigma-report.md"
+    atomic_write_text("\n".join(robustness_report(s) for s in optimised), report)
+    written.append(report)
+    for column in ("log_area", "radius"):
+        thresholds = default_thresholds(results, column)
+        for kind, render in (("md", markdown_table), ("tex", latex_table)):
+            path = out / f"table-certified-accuracy-{column.replace('_', '-')}.{kind}"
+            atomic_write_text(render(results, column, thresholds), path)
+            written.append(path)
+    return written

@@ -1,0 +1,252 @@
+"""The paper's figures from result files: certified accuracy (Fig. 1) and clean accuracy (Figs. 2, 4).
+
+Fig. 1 plots, for one certify TSV per line, the certified accuracy at x: the
+fraction of all test inputs that are classified correctly *and* certified with
+a certificate of at least x (certified area ``log_area``, or the l2 ``radius``,
+or ``gm_radius``). Fig. 2 plots every evaluation of an optimize-sigma sweep as
+clean accuracy against mean certified area, anisotropic points after the
+paper's "blanket" filter, with the isotropic baseline for comparison.
+
+All figures are written as PNG and PDF with matplotlib's non-interactive
+backend, sized for a paper column.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nrs_cli.errors import NrsError  # noqa: E402
+from nrs_cli.results import read_json, read_table, sidecar  # noqa: E402
+
+FIGURE_SIZE = (4.8, 3.4)  # inches: one column of a two-column paper at about 1.4x, fonts stay legible
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 7.5,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "savefig.dpi": 200,
+}
+
+AXES = {
+    "log_area": "certified area  log V = Σ log σᵢ + D log R  (nats)",
+    "radius": "certified l2 radius  min σᵢ · R  (pixel units)",
+    "gm_radius": "equal-volume radius  (Π σᵢ)^(1/D) · R  (pixel units)",
+}
+FILE_SUFFIX = {"log_area": "area", "radius": "radius", "gm_radius": "gm-radius"}
+
+
+@dataclass
+class ResultFile:
+    """A certify TSV with what its manifest says about it."""
+
+    path: Path
+    rows: list[dict[str, str]]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        sigma = self.manifest.get("sigma", {})
+        method, init = sigma.get("method"), sigma.get("init")
+        if method == "anisotropic" and init is not None:
+            return f"anisotropic, from σ = {init:g}"
+        if method == "isotropic" and init is not None:
+            return f"isotropic, σ = {init:g}"
+        return self.path.stem
+
+    @property
+    def isotropic(self) -> bool:
+        return self.manifest.get("sigma", {}).get("method") == "isotropic"
+
+
+def load_result(path: str | Path) -> ResultFile:
+    path = Path(path)
+    if not path.is_file():
+        raise NrsError(f"result file not found: {path}")
+    rows = read_table(path)
+    for column in ("correct", "log_area", "radius", "gm_radius"):
+        if rows and column not in rows[0]:
+            raise NrsError(f"{path} is not a certify result (no '{column}' column)")
+    manifest = sidecar(path, "manifest")
+    return ResultFile(path, rows, read_json(manifest) if manifest.is_file() else {})
+
+
+def certified_values(rows: list[dict[str, str]], column: str) -> tuple[np.ndarray, int]:
+    """Sorted certificate sizes of the correctly classified inputs, and the number of inputs."""
+    values = sorted(float(row[column]) for row in rows if row["correct"] == "1")
+    return np.array(values), len(rows)
+
+
+def certified_accuracy_at(rows: list[dict[str, str]], column: str, thresholds: list[float]) -> list[float]:
+    """Fraction of all inputs that are correct with a certificate of at least each threshold."""
+    values, total = certified_values(rows, column)
+    if total == 0:
+        return [math.nan for _ in thresholds]
+    return [float((values >= t).sum()) / total for t in thresholds]
+
+
+def certified_accuracy_curve(rows: list[dict[str, str]], column: str) -> tuple[np.ndarray, np.ndarray]:
+    """The exact step curve: at ``x[k]`` the certified accuracy drops to ``y[k]``.
+
+    ``x`` starts at the smallest certificate (for radii: at 0) where ``y`` is
+    the clean certified accuracy, then has one point per distinct certificate
+    size; ``y[k]`` is the accuracy just above ``x[k]``. Draw with
+    ``step(x, y, where="post")``.
+    """
+    values, total = certified_values(rows, column)
+    if len(values) == 0:
+        return np.array([0.0]), np.array([0.0])
+    distinct = np.unique(values)
+    above = np.array([(values > v).sum() for v in distinct]) / total
+    start = 0.0 if column != "log_area" else float(distinct[0])
+    x = np.concatenate([[min(start, distinct[0])], distinct])
+    y = np.concatenate([[len(values) / total], above])
+    return x, y
+
+
+def blanket_filter(points: list[tuple[float, float]]) -> list[bool]:
+    """The paper's "blanket" filter over (mean certified area, clean accuracy) points.
+
+    Points are taken by decreasing accuracy (ties: larger area first); a point
+    is kept only if its certified area lies outside the range of areas
+    spanned by the points kept so far. So a point is dropped exactly when some
+    more accurate kept point certifies less area and another certifies more:
+    it is covered on both sides. Returns a keep-mask in the input order.
+    """
+    order = sorted(range(len(points)), key=lambda i: (-points[i][1], -points[i][0]))
+    keep = [False] * len(points)
+    low, high = math.inf, -math.inf
+    for i in order:
+        area = points[i][0]
+        if not math.isfinite(area):
+            continue
+        if area < low or area > high:
+            keep[i] = True
+            low, high = min(low, area), max(high, area)
+    return keep
+
+
+def save_figure(figure, out_stem: Path) -> list[Path]:
+    """Write the figure as PNG and PDF next to each other; returns both paths."""
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_name(out_stem.name + suffix) for suffix in (".png", ".pdf")]
+    for path in paths:
+        figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+    return paths
+
+
+def _note(figure, text: str) -> None:
+    if text:
+        figure.text(0.01, -0.02, text, fontsize=6.5, color="0.35", ha="left", va="top")
+
+
+def run_note(results: list[ResultFile]) -> str:
+    """Sample sizes of the results, for the figure's footnote."""
+    notes = set()
+    for result in results:
+        fp = result.manifest.get("fingerprint", {})
+        if fp:
+            notes.add(f"n0={fp.get('n0')}, n={fp.get('n')}, α={fp.get('alpha')}, {fp.get('bound')}")
+    sizes = {len(r.rows) for r in results}
+    size = f"{'/'.join(str(s) for s in sorted(sizes))} test inputs"
+    return "; ".join(sorted(notes) + [size])
+
+
+def plot_certified_accuracy(
+    results: list[ResultFile], column: str, out_stem: str | Path, title: str = "", note: str | None = None
+) -> list[Path]:
+    """Fig. 1: certified accuracy against a certificate size, one line per result file."""
+    if column not in AXES:
+        raise NrsError(f"unknown axis '{column}' (use {', '.join(AXES)})")
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(figsize=FIGURE_SIZE)
+        for index, result in enumerate(results):
+            x, y = certified_accuracy_curve(result.rows, column)
+            style = "--" if result.isotropic else "-"
+            axes.step(x, y, where="post", linestyle=style, color=f"C{index}", label=result.label, linewidth=1.4)
+        axes.set_xlabel(AXES[column])
+        axes.set_ylabel("certified accuracy")
+        axes.set_ylim(0, 1.02)
+        if column != "log_area":
+            axes.set_xlim(left=0)
+        if title:
+            axes.set_title(title)
+        axes.legend(loc="best", frameon=False)
+        _note(figure, run_note(results) if note is None else note)
+        return save_figure(figure, Path(out_stem))
+
+
+@dataclass
+class SweepPoints:
+    """The evaluations of one optimize-sigma run."""
+
+    label: str
+    anisotropic: list[dict[str, Any]]
+    isotropic: list[dict[str, Any]]
+    note: str = ""
+
+
+def load_sweep(run_dir: str | Path, label: str | None = None) -> SweepPoints:
+    from nrs_cli.optimize import read_metrics
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
+    spec = manifest.get("spec", {})
+    o = spec.get("optimize", {})
+    note = ""
+    if o:
+        note = (f"evaluation: CERTIFY n0={o.get('eval_n0')}, n={o.get('eval_n')}, α={o.get('eval_alpha')}, "
+                f"{o.get('eval_max') if o.get('eval_max', -1) >= 0 else 'all'} test inputs")
+    name = label or spec.get("name") or run_dir.name
+    return SweepPoints(
+        name,
+        [r for r in rows if r["method"] == "anisotropic"],
+        [r for r in rows if r["method"] == "isotropic"],
+        note,
+    )
+
+
+def plot_clean_accuracy(
+    sweeps: list[SweepPoints], out_stem: str | Path, unfiltered: bool = False, title: str = ""
+) -> list[Path]:
+    """Figs. 2 and 4: clean accuracy against mean certified area, every evaluation a point."""
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(figsize=FIGURE_SIZE)
+        for index, sweep in enumerate(sweeps):
+            prefix = f"{sweep.label}: " if len(sweeps) > 1 else ""
+            points = [(r["mean_log_area"], r["accuracy"]) for r in sweep.anisotropic]
+            keep = blanket_filter(points)
+            kept = sorted(p for p, k in zip(points, keep) if k)
+            color = f"C{2 * index}"
+            if unfiltered:
+                axes.scatter([p[0] for p in points], [p[1] for p in points], s=10, color=color, alpha=0.25,
+                             label=f"{prefix}anisotropic, all rounds")
+            axes.plot([p[0] for p in kept], [p[1] for p in kept], "o-", color=color, markersize=3.5,
+                      linewidth=1.2, label=f"{prefix}anisotropic (blanket-filtered)")
+            iso = sorted((r["mean_log_area"], r["accuracy"]) for r in sweep.isotropic if math.isfinite(r["mean_log_area"]))
+            if iso:
+                axes.plot([p[0] for p in iso], [p[1] for p in iso], "s--", color=f"C{2 * index + 1}",
+                          markersize=3, linewidth=1.0, label=f"{prefix}isotropic")
+        axes.set_xlabel("mean " + AXES["log_area"])
+        axes.set_ylabel("clean accuracy (smoothed, CERTIFY)")
+        if title:
+            axes.set_title(title)
+        axes.legend(loc="best", frameon=False)
+        _note(figure, "; ".join(sorted({s.note for s in sweeps if s.note})))
+        return save_figure(figure, Path(out_stem))

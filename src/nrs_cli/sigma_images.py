@@ -1,0 +1,124 @@
+"""Sigma as a picture (paper Fig. 3) and what it says about the model.
+
+Each sigma is scaled linearly so its smallest value is black and its largest
+white. Colour sigmas are scaled with one minimum and maximum over all
+channels, not per channel, so a channel the model is less sensitive to stays
+brighter (the paper's "colour bias"). Bright regions are where the smoothed
+classifier tolerates a lot of noise (features the model barely uses); dark
+regions are where it does not (the features it relies on).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from nrs_cli.plots import STYLE, save_figure  # noqa: E402
+from nrs_cli.sigma import Sigma  # noqa: E402
+
+
+def sigma_to_image(values: torch.Tensor) -> np.ndarray:
+    """uint8 image of a (C, H, W) sigma: (H, W) for one channel, (H, W, 3) for three.
+
+    ``pixel = round(255 * (sigma - min) / (max - min))`` with min and max
+    taken over every element, across channels; a constant sigma is mid-grey.
+    """
+    array = values.detach().double().cpu().numpy()
+    low, high = float(array.min()), float(array.max())
+    scaled = np.full_like(array, 0.5) if high == low else (array - low) / (high - low)
+    image = np.rint(scaled * 255).astype(np.uint8)
+    if image.shape[0] == 1:
+        return image[0]
+    return np.transpose(image, (1, 2, 0))
+
+
+def sigma_title(sigma: Sigma) -> str:
+    meta = sigma.metadata
+    parts = [str(meta["dataset"])] if meta.get("dataset") else []
+    if meta.get("init") is not None:
+        parts.append(f"from σ = {meta['init']:g}")
+    if meta.get("sub_epoch"):
+        parts.append(f"round {meta['sub_epoch']}")
+    return ", ".join(parts) or sigma.label
+
+
+def plot_sigmas(
+    sigmas: list[Sigma], out_stem: str | Path, colorbar: bool = True, columns: int | None = None,
+    titles: list[str] | None = None,
+) -> list[Path]:
+    """A grid of sigma images; the colour bar (grey images) shows each one's sigma range."""
+    columns = columns or min(len(sigmas), 4)
+    rows = math.ceil(len(sigmas) / columns)
+    titles = titles or [sigma_title(s) for s in sigmas]
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.3 * rows), squeeze=False)
+        for axis in axes.flat:
+            axis.axis("off")
+        for axis, sigma, title in zip(axes.flat, sigmas, titles):
+            image = sigma_to_image(sigma.values)
+            low, high = float(sigma.values.min()), float(sigma.values.max())
+            if image.ndim == 2:
+                shown = axis.imshow(image, cmap="gray", vmin=0, vmax=255)
+                if colorbar:
+                    bar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, ticks=[0, 255])
+                    bar.ax.set_yticklabels([f"{low:.2g}", f"{high:.2g}"])
+                    bar.ax.tick_params(labelsize=7)
+            else:
+                axis.imshow(image)
+                axis.set_xlabel(f"σ from {low:.2g} to {high:.2g}", fontsize=7)
+            axis.set_title(title, fontsize=8)
+        figure.suptitle("σ per input element (dark: low noise, bright: high noise)", fontsize=8)
+        figure.tight_layout()
+        return save_figure(figure, Path(out_stem))
+
+
+def robustness_report(sigma: Sigma, grid: int = 4, top: int = 3) -> str:
+    """Markdown: the regions (and colour channels) with the most and least noise.
+
+    The image is cut into ``grid x grid`` cells; a cell's score is its mean
+    sigma relative to the whole image's mean. High: the model tolerates noise
+    there (least sensitive); low: the model relies on it (most sensitive).
+    """
+    values = sigma.values.double()
+    channels, height, width = values.shape
+    overall = float(values.mean())
+    cells = []
+    for row in range(grid):
+        for col in range(grid):
+            top_, bottom = row * height // grid, (row + 1) * height // grid
+            left, right = col * width // grid, (col + 1) * width // grid
+            mean = float(values[:, top_:bottom, left:right].mean())
+            cells.append((mean, f"rows {top_}-{bottom - 1}, columns {left}-{right - 1} ({_place(row, col, grid)})"))
+    cells.sort(reverse=True)
+    lines = [
+        f"### {sigma_title(sigma)}",
+        "",
+        f"sigma over {channels}x{height}x{width} elements: mean {overall:.4g}, min {float(values.min()):.4g}, "
+        f"max {float(values.max()):.4g}, geometric mean {float(values.log().mean().exp()):.4g}",
+        "",
+        f"Most noise tolerated (least used by the model), {grid}x{grid} cells:",
+    ]
+    lines += [f"- {where}: mean sigma {mean:.4g} ({mean / overall:.2f}x average)" for mean, where in cells[:top]]
+    lines += ["", "Least noise tolerated (what the model relies on):"]
+    lines += [f"- {where}: mean sigma {mean:.4g} ({mean / overall:.2f}x average)" for mean, where in cells[-top:][::-1]]
+    if channels == 3:
+        names = ("red", "green", "blue")
+        means = [float(values[c].mean()) for c in range(3)]
+        lines += ["", "Per channel: " + ", ".join(f"{n} {m:.4g}" for n, m in zip(names, means))
+                  + f" (most noise on {names[int(np.argmax(means))]}, least on {names[int(np.argmin(means))]})"]
+    return "\n".join(lines) + "\n"
+
+
+def _place(row: int, col: int, grid: int) -> str:
+    vertical = "top" if row < grid / 2 - 0.5 else "bottom" if row > grid / 2 - 0.5 else "middle"
+    horizontal = "left" if col < grid / 2 - 0.5 else "right" if col > grid / 2 - 0.5 else "centre"
+    edge = row in (0, grid - 1) or col in (0, grid - 1)
+    return f"{vertical} {horizontal}{', edge' if edge else ', interior'}"

@@ -1,0 +1,84 @@
+"""Certified accuracy at chosen thresholds, as Markdown and LaTeX tables for a paper."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nrs_cli.plots import ResultFile, certified_accuracy_at, certified_values
+
+COLUMN_NAMES = {"log_area": "certified area", "radius": "l2 radius", "gm_radius": "equal-volume radius"}
+
+
+def default_thresholds(results: list[ResultFile], column: str, count: int = 5) -> list[float]:
+    """Round thresholds spanning the certificates of all results (radii from 0)."""
+    values = np.concatenate([certified_values(r.rows, column)[0] for r in results] or [np.array([])])
+    if len(values) == 0:
+        return [0.0]
+    low = 0.0 if column != "log_area" else float(values.min())
+    high = float(np.quantile(values, 0.9))
+    if high <= low:
+        return [round(low, 2)]
+    step = _nice_step((high - low) / (count - 1))
+    start = math.floor(low / step) * step
+    return [round(start + k * step, 10) for k in range(count) if start + k * step <= high + step / 2]
+
+
+def _nice_step(raw: float) -> float:
+    exponent = math.floor(math.log10(raw))
+    for mantissa in (1, 2, 2.5, 5, 10):
+        if mantissa * 10**exponent >= raw:
+            return mantissa * 10**exponent
+    return 10 ** (exponent + 1)
+
+
+def accuracy_table(
+    results: list[ResultFile], column: str, thresholds: list[float]
+) -> tuple[list[str], list[list[float]]]:
+    """Header and rows: one row per result file, certified accuracy at each threshold."""
+    header = [f"{t:g}" for t in thresholds]
+    rows = [certified_accuracy_at(r.rows, column, thresholds) for r in results]
+    return header, rows
+
+
+def _best(rows: list[list[float]], column: int) -> float:
+    return max(row[column] for row in rows)
+
+
+def markdown_table(results: list[ResultFile], column: str, thresholds: list[float]) -> str:
+    header, rows = accuracy_table(results, column, thresholds)
+    lines = [
+        f"Certified accuracy (%) at {COLUMN_NAMES[column]} >= threshold; best per column in bold.",
+        "",
+        "| result | " + " | ".join(header) + " |",
+        "|---|" + "---:|" * len(header),
+    ]
+    for result, row in zip(results, rows):
+        cells = [
+            (f"**{100 * v:.1f}**" if v == _best(rows, j) else f"{100 * v:.1f}") for j, v in enumerate(row)
+        ]
+        lines.append(f"| {result.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def latex_table(results: list[ResultFile], column: str, thresholds: list[float]) -> str:
+    header, rows = accuracy_table(results, column, thresholds)
+    lines = [
+        r"\begin{tabular}{l" + "r" * len(header) + "}",
+        r"\hline",
+        f"{_tex(COLUMN_NAMES[column])} $\\geq$ & " + " & ".join(f"${h}$" for h in header) + r" \\",
+        r"\hline",
+    ]
+    for result, row in zip(results, rows):
+        cells = [
+            (f"\\textbf{{{100 * v:.1f}}}" if v == _best(rows, j) else f"{100 * v:.1f}") for j, v in enumerate(row)
+        ]
+        lines.append(f"{_tex(result.label)} & " + " & ".join(cells) + r" \\")
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    replacements = {"σ": r"$\sigma$", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#"}
+    return "".join(replacements.get(ch, ch) for ch in text)
