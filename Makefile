@@ -7,7 +7,11 @@ PY := $(VENV)/bin/python
 NRS := $(VENV)/bin/nrs
 STAMP := $(VENV)/.installed
 
-.PHONY: install test
+# make figures DATASETS="mnist fashion-mnist" DATA_ROOT=../shared/data
+DATASETS ?= mnist-mini
+DATA_ROOT ?=
+
+.PHONY: install test figures
 
 install: $(STAMP)
 
@@ -18,3 +22,6 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+figures: $(STAMP)
+	$(NRS) figures $(addprefix --dataset ,$(DATASETS)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))

@@ -37,7 +37,15 @@ DATA_ROOT_HELP = "Folder holding the datasets (default: $NRS_DATA_ROOT, then ~/.
 SET_HELP = "Override any spec field, e.g. --set train.lr_step=30 (repeatable)."
 
 
-def command(name: str) -> Callable:
+plot_app = typer.Typer(
+    help="Draw the paper's figures and tables from result files (PNG and PDF).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(plot_app, name="plot")
+
+
+def command(name: str, group: typer.Typer = app) -> Callable:
     """Register a subcommand whose user errors and interrupts end with one line and exit code 2."""
 
     def decorate(function: Callable) -> Callable:
@@ -52,7 +60,7 @@ def command(name: str) -> Callable:
             print(f"error: {message}", file=sys.stderr)
             raise typer.Exit(NrsError.exit_code)
 
-        return app.command(name)(run)
+        return group.command(name)(run)
 
     return decorate
 
@@ -414,6 +422,128 @@ def optimize_sigma_command(
     if best is not None:
         say(f"largest certified-area gain over isotropic sigma at equal accuracy: {best:.1f} (log_area)")
     say(f"results: {run_dir}/metrics.csv, sigmas in {run_dir}/sigmas/")
+
+
+AXIS_CHOICES = {"area": "log_area", "radius": "radius", "gm-radius": "gm_radius"}
+
+
+def _axes(axis: str) -> list[str]:
+    if axis == "all":
+        return list(AXIS_CHOICES.values())
+    if axis not in AXIS_CHOICES:
+        raise NrsError(f"unknown axis '{axis}' (use area, radius, gm-radius or all)")
+    return [AXIS_CHOICES[axis]]
+
+
+@command("certified-accuracy", plot_app)
+def plot_certified_accuracy_command(
+    results: list[Path] = typer.Argument(..., help="certify TSV files, one line each"),
+    out: Path = typer.Option(Path("figures/certified-accuracy"), help="Output path without extension."),
+    axis: str = typer.Option("all", help="area (log_area), radius (l2), gm-radius, or all (one file each)."),
+    title: str = typer.Option("", help="Figure title."),
+) -> None:
+    """Certified accuracy against certified area, l2 radius or equal-volume radius (paper Fig 1)."""
+    from nrs_cli.plots import FILE_SUFFIX, load_result, plot_certified_accuracy
+
+    loaded = [load_result(path) for path in results]
+    for column in _axes(axis):
+        stem = out.with_name(f"{out.name}-{FILE_SUFFIX[column]}") if axis == "all" else out
+        for path in plot_certified_accuracy(loaded, column, stem, title):
+            console.print(f"wrote {path}")
+
+
+@command("clean-accuracy", plot_app)
+def plot_clean_accuracy_command(
+    runs: list[Path] = typer.Argument(..., help="optimize-sigma run folders (with metrics.csv)"),
+    out: Path = typer.Option(Path("figures/clean-accuracy"), help="Output path without extension."),
+    unfiltered: bool = typer.Option(False, help="Also show every optimised point, not only the blanket-filtered ones."),
+    title: str = typer.Option("", help="Figure title."),
+) -> None:
+    """Clean accuracy against mean certified area over a sigma sweep (paper Figs 2 and 4).
+
+    Optimised points are blanket-filtered as in the paper: by decreasing
+    accuracy, a point is kept only if its certified area lies outside the range
+    of the points kept so far.
+    """
+    from nrs_cli.plots import load_sweep, plot_clean_accuracy
+
+    for path in plot_clean_accuracy([load_sweep(run) for run in runs], out, unfiltered, title):
+        console.print(f"wrote {path}")
+
+
+@command("table", plot_app)
+def plot_table_command(
+    results: list[Path] = typer.Argument(..., help="certify TSV files, one row each"),
+    axis: str = typer.Option("area", help="area (log_area), radius (l2) or gm-radius."),
+    at: Optional[str] = typer.Option(None, help="Comma-separated thresholds (default: round values over the range)."),
+    out: Optional[Path] = typer.Option(None, help="Write OUT.md and OUT.tex too (path without extension)."),
+) -> None:
+    """Certified accuracy at chosen thresholds, as Markdown and LaTeX tables."""
+    from nrs_cli.plots import load_result
+    from nrs_cli.serialization import atomic_write_text
+    from nrs_cli.tables import default_thresholds, latex_table, markdown_table
+
+    (column,) = _axes(axis)
+    loaded = [load_result(path) for path in results]
+    try:
+        thresholds = [float(t) for t in at.split(",")] if at else default_thresholds(loaded, column)
+    except ValueError:
+        raise NrsError(f"--at expects comma-separated numbers, got '{at}'") from None
+    markdown = markdown_table(loaded, column, thresholds)
+    console.print(markdown)
+    if out:
+        atomic_write_text(markdown, out.with_name(out.name + ".md"))
+        atomic_write_text(latex_table(loaded, column, thresholds), out.with_name(out.name + ".tex"))
+        console.print(f"wrote {out}.md and {out}.tex")
+
+
+@command("visualize-sigma")
+def visualize_sigma_command(
+    sigmas: list[Path] = typer.Argument(..., help="sigma files (from optimize-sigma)"),
+    dataset: str = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP),
+    out: Path = typer.Option(Path("figures/sigma"), help="Output path without extension."),
+    colorbar: bool = typer.Option(True, help="Show each image's sigma range on a colour bar."),
+    columns: Optional[int] = typer.Option(None, help="Images per row of the grid."),
+    report: bool = typer.Option(True, help="Also write OUT-report.md: where the model tolerates noise and where not."),
+) -> None:
+    """Draw sigma files as images, scaled linearly across all channels (paper Fig 3)."""
+    from nrs_cli.serialization import atomic_write_text
+    from nrs_cli.sigma import load_sigma
+    from nrs_cli.sigma_images import plot_sigmas, robustness_report
+
+    spec = _spec(dataset, {}, [])
+    loaded = [load_sigma(path, spec) for path in sigmas]
+    for path in plot_sigmas(loaded, out, colorbar, columns):
+        console.print(f"wrote {path}")
+    if report:
+        text = "\n".join(robustness_report(sigma) for sigma in loaded)
+        console.print(text)
+        atomic_write_text(text, out.with_name(out.name + "-report.md"))
+        console.print(f"wrote {out}-report.md")
+
+
+@command("figures")
+def figures_command(
+    datasets: list[str] = typer.Option(["mnist-mini"], "--dataset", "-d", help=DATASET_HELP + " Repeatable."),
+    out: Path = typer.Option(Path("figures"), help="Folder for the figures (one sub-folder per dataset)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live (finished steps are reused)."),
+    data_root: Optional[Path] = typer.Option(None, help=DATA_ROOT_HELP),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device]."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 [spec: engine.precision]."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Everything for the paper's figures: train, sweep, certify, draw (resumes finished steps)."""
+    import time
+
+    from nrs_cli.devices import resolve_device
+    from nrs_cli.figures import figures_run
+
+    for name in datasets:
+        started = time.perf_counter()
+        spec = _spec(name, {"engine.device": device, "engine.precision": precision}, set_)
+        console.print(f"figures: {spec.name} -> {out / spec.name}")
+        written = figures_run(spec, data_root, runs_dir, out, resolve_device(spec.engine.device), console.print)
+        console.print(f"{spec.name}: {len(written)} files in {out / spec.name} ({time.perf_counter() - started:.0f} s)")
 
 
 @command("list")

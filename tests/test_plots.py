@@ -1,0 +1,229 @@
+"""Figures and tables: the numbers that are drawn, the filter, the sigma images, the files."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nrs_cli import plots
+from nrs_cli.optimize import METRIC_COLUMNS
+from nrs_cli.plots import (
+    blanket_filter,
+    certified_accuracy_at,
+    certified_accuracy_curve,
+    load_result,
+    load_sweep,
+    plot_certified_accuracy,
+    plot_clean_accuracy,
+)
+from nrs_cli.results import CERTIFY_COLUMNS
+from nrs_cli.sigma import Sigma, save_sigma
+from nrs_cli.sigma_images import robustness_report, sigma_to_image
+from nrs_cli.spec import load_spec
+from nrs_cli.tables import latex_table, markdown_table
+
+# (correct, log_area, radius): 6 inputs, 4 correct, one abstention, one wrong
+ROWS = [(1, -300.0, 0.5), (1, -100.0, 0.9), (0, -200.0, 0.4), (1, -300.0, 0.2), (0, float("-inf"), 0.0),
+        (1, -50.0, 1.2)]
+
+
+def write_result(path, rows, method="anisotropic", init=0.3):
+    lines = ["\t".join(CERTIFY_COLUMNS)]
+    for i, (correct, area, radius) in enumerate(rows):
+        values = {"idx": i, "label": 1, "predict": 1 if correct else 2, "radius": radius, "correct": correct,
+                  "time": 0.1, "pA_lower": 0.9, "pB_upper": 0.1, "icdf": 1.0, "log_area": area, "gm_radius": radius * 2}
+        lines.append("\t".join(str(values[c]) for c in CERTIFY_COLUMNS))
+    path.write_text("\n".join(lines) + "\n")
+    manifest = {"sigma": {"method": method, "init": init},
+                "fingerprint": {"n0": 100, "n": 1000, "alpha": 0.001, "bound": "one-sided"}}
+    path.with_name(path.stem + ".manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_certified_accuracy_of_a_hand_made_result(tmp_path):
+    rows = load_result(write_result(tmp_path / "r.tsv", ROWS)).rows
+    # certified accuracy at x: correct AND certificate >= x, over all 6 inputs
+    assert certified_accuracy_at(rows, "log_area", [-1000, -300, -299, -100, -50, -49]) == pytest.approx(
+        [4 / 6, 4 / 6, 2 / 6, 2 / 6, 1 / 6, 0])
+    assert certified_accuracy_at(rows, "radius", [0, 0.2, 0.5, 0.6, 1.2, 2]) == pytest.approx(
+        [4 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0])
+    x, y = certified_accuracy_curve(rows, "radius")
+    assert x.tolist() == [0.0, 0.2, 0.5, 0.9, 1.2]
+    assert y.tolist() == pytest.approx([4 / 6, 3 / 6, 2 / 6, 1 / 6, 0])
+
+
+def capture(monkeypatch):
+    figures = []
+
+    def keep(figure, out_stem):
+        figures.append(figure)
+        return [out_stem]
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    return figures
+
+
+def test_the_drawn_lines_are_the_certified_accuracy_curves(tmp_path, monkeypatch):
+    a = load_result(write_result(tmp_path / "a.tsv", ROWS))
+    b = load_result(write_result(tmp_path / "b.tsv", ROWS[:2], method="isotropic", init=0.4))
+    figures = capture(monkeypatch)
+    plot_certified_accuracy([a, b], "radius", tmp_path / "fig")
+    axes = figures[0].axes[0]
+    lines = axes.get_lines()
+    assert [line.get_label() for line in lines] == ["anisotropic, from σ = 0.3", "isotropic, σ = 0.4"]
+    assert lines[0].get_xdata().tolist() == [0.0, 0.2, 0.5, 0.9, 1.2]
+    assert np.allclose(lines[0].get_ydata(), [4 / 6, 3 / 6, 2 / 6, 1 / 6, 0])
+    assert np.allclose(lines[1].get_ydata(), [1.0, 0.5, 0.0])  # b: two correct inputs of two
+    assert lines[1].get_linestyle() == "--"  # isotropic baselines dashed
+    assert "l2 radius" in axes.get_xlabel() and axes.get_ylabel() == "certified accuracy"
+    assert "n0=100, n=1000" in figures[0].texts[0].get_text()  # sample sizes on the figure
+
+
+def test_blanket_filter_on_a_hand_made_point_set():
+    # (mean log_area, accuracy)
+    points = [(-500, 0.99), (-300, 0.97), (-400, 0.96), (-200, 0.90), (-600, 0.95), (-250, 0.85), (-100, 0.80)]
+    keep = blanket_filter(points)
+    # -400 at 96% lies between -500 (99%) and -300 (97%): covered on both sides, dropped.
+    # -250 at 85% lies between -300 and -200, both more accurate: dropped.
+    # -600 at 95% extends the range to the left: kept, though less accurate than its neighbours.
+    assert keep == [True, True, False, True, True, False, True]
+    assert blanket_filter([]) == []
+    assert blanket_filter([(float("nan"), 0.5), (-10, 0.4)]) == [False, True]
+
+
+def write_sweep(run_dir, iso, aniso):
+    run_dir.mkdir(parents=True)
+    lines = [",".join(METRIC_COLUMNS)]
+    for method, points in (("isotropic", iso), ("anisotropic", aniso)):
+        for k, (area, accuracy) in enumerate(points):
+            row = {c: "" for c in METRIC_COLUMNS}
+            row.update(method=method, init=0.25, sub_epoch=0 if method == "isotropic" else k + 1, step=k,
+                       accuracy=accuracy, mean_log_area=area, sigma_file="" if method == "isotropic" else "s.pt")
+            lines.append(",".join(str(row[c]) for c in METRIC_COLUMNS))
+    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_clean_accuracy_plot_draws_filtered_and_isotropic_points(tmp_path, monkeypatch):
+    iso = [(-900, 0.98), (-600, 0.9), (-650, 0.7)]
+    aniso = [(-500, 0.99), (-400, 0.96), (-300, 0.97)]
+    write_sweep(tmp_path / "run", iso, aniso)
+    figures = capture(monkeypatch)
+    plot_clean_accuracy([load_sweep(tmp_path / "run")], tmp_path / "fig", unfiltered=True)
+    axes = figures[0].axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    kept = lines["anisotropic (blanket-filtered)"]
+    assert kept.get_xdata().tolist() == [-500, -300] and kept.get_ydata().tolist() == [0.99, 0.97]
+    assert lines["isotropic"].get_xdata().tolist() == [-900, -650, -600]  # sorted by area
+    scatter = axes.collections[0].get_offsets()
+    assert len(scatter) == 3  # the unfiltered points, faint
+
+
+def test_grey_sigma_image_is_scaled_linearly_to_the_full_range():
+    values = torch.tensor([[[0.1, 0.2], [0.3, 0.5]]])
+    image = sigma_to_image(values)
+    assert image.dtype == np.uint8 and image.shape == (2, 2)
+    assert image.tolist() == [[0, 64], [128, 255]]  # (v - 0.1) / 0.4 * 255, rounded
+    assert sigma_to_image(torch.full((1, 2, 2), 0.3)).tolist() == [[128, 128], [128, 128]]
+
+
+def test_colour_sigma_is_scaled_globally_so_a_colour_bias_stays():
+    values = torch.stack([torch.full((2, 2), 0.5), torch.full((2, 2), 0.1), torch.tensor([[0.1, 0.5], [0.3, 0.3]])])
+    image = sigma_to_image(values)
+    assert image.shape == (2, 2, 3)
+    assert image[..., 0].tolist() == [[255, 255], [255, 255]]  # red: the most noise everywhere
+    assert image[..., 1].tolist() == [[0, 0], [0, 0]]  # green: the least (per-channel scaling would lose this)
+    assert image[..., 2].tolist() == [[0, 255], [128, 128]]
+
+
+def test_robustness_report_names_the_noisy_border_and_the_sensitive_centre():
+    values = torch.full((1, 28, 28), 0.2)
+    values[..., :7, :] = 1.0  # top rows tolerate noise
+    values[..., 10:17, 10:17] = 0.05  # the centre does not
+    report = robustness_report(Sigma(values, "s", {"dataset": "mnist", "init": 0.2}))
+    most, least = report.split("Least noise tolerated")
+    assert "rows 0-6" in most.splitlines()[5] and "top" in most.splitlines()[5]
+    assert "rows 7-13, columns 7-13" in least.splitlines()[1] and "interior" in least.splitlines()[1]
+    colour = robustness_report(Sigma(torch.stack([torch.full((4, 4), v) for v in (0.3, 0.1, 0.2)]), "c"))
+    assert "most noise on red, least on green" in colour
+
+
+def test_tables_in_markdown_and_latex(tmp_path):
+    a = load_result(write_result(tmp_path / "a.tsv", ROWS))
+    b = load_result(write_result(tmp_path / "b.tsv", ROWS[:2], method="isotropic", init=0.4))
+    markdown = markdown_table([a, b], "radius", [0.0, 0.5])
+    assert "| anisotropic, from σ = 0.3 | 66.7 | 50.0 |" in markdown  # radii 0.5, 0.9, 1.2 of 6 inputs
+    assert "| isotropic, σ = 0.4 | **100.0** | **100.0** |" in markdown
+    latex = latex_table([a, b], "radius", [0.0, 0.5])
+    assert r"isotropic, $\sigma$ = 0.4 & \textbf{100.0} & \textbf{100.0} \\" in latex
+    assert latex.startswith(r"\begin{tabular}{lrr}")
+
+
+def is_png(path):
+    with Image.open(path) as image:
+        return image.format == "PNG" and image.size[0] > 300
+
+
+def test_plot_cli_writes_png_and_pdf(run_cli, tmp_path):
+    a = write_result(tmp_path / "a.tsv", ROWS)
+    b = write_result(tmp_path / "b.tsv", ROWS[:3], method="isotropic", init=0.4)
+    result = run_cli("plot", "certified-accuracy", a, b, "--out", tmp_path / "f1")
+    assert result.code == 0, result.stderr
+    for suffix in ("area", "radius", "gm-radius"):
+        assert is_png(tmp_path / f"f1-{suffix}.png")
+        assert (tmp_path / f"f1-{suffix}.pdf").read_bytes().startswith(b"%PDF")
+    write_sweep(tmp_path / "run", [(-900, 0.98)], [(-500, 0.99)])
+    assert run_cli("plot", "clean-accuracy", tmp_path / "run", "--out", tmp_path / "f2").code == 0
+    assert is_png(tmp_path / "f2.png") and (tmp_path / "f2.pdf").is_file()
+    result = run_cli("plot", "table", a, b, "--axis", "radius", "--at", "0,0.5", "--out", tmp_path / "t")
+    assert result.code == 0 and "66.7" in (tmp_path / "t.md").read_text() and (tmp_path / "t.tex").is_file()
+    bad = run_cli("plot", "table", a, "--at", "x,y")
+    assert bad.code == 2 and "--at expects comma-separated numbers" in bad.stderr
+    missing = run_cli("plot", "certified-accuracy", tmp_path / "nope.tsv", "--out", tmp_path / "f3")
+    assert missing.code == 2 and "result file not found" in missing.stderr
+
+
+def test_visualize_sigma_cli(run_cli, tmp_path):
+    spec = load_spec("mnist-mini")
+    values = torch.full((1, 28, 28), 0.2)
+    values[..., :, :5] = 0.9
+    save_sigma(tmp_path / "s.pt", values, spec, method="anisotropic", init=0.2, sub_epoch=3)
+    result = run_cli("visualize-sigma", tmp_path / "s.pt", tmp_path / "s.pt", "--out", tmp_path / "fig3")
+    assert result.code == 0, result.stderr
+    assert is_png(tmp_path / "fig3.png") and (tmp_path / "fig3.pdf").is_file()
+    report = (tmp_path / "fig3-report.md").read_text()
+    assert "mnist-mini, from σ = 0.2, round 3" in report and "columns 0-6" in report
+    wrong = run_cli("visualize-sigma", tmp_path / "s.pt", "--dataset", "cifar10", "--out", tmp_path / "x")
+    assert wrong.code == 2 and "but cifar10 inputs are 3x32x32" in wrong.stderr
+
+
+FIGURE_SETTINGS = [
+    "--set", "optimize.init=0.2", "--set", "optimize.init_step=0.3", "--set", "optimize.inits=2",
+    "--set", "optimize.sub_epochs=2", "--set", "optimize.steps_per_sub_epoch=3", "--set", "optimize.batch_size=16",
+    "--set", "optimize.n0=4", "--set", "optimize.eval_max=30", "--set", "optimize.eval_n0=8",
+    "--set", "optimize.eval_n=32", "--set", "certify.n0=10", "--set", "certify.n=60", "--set", "figures.certify_max=25",
+]
+
+
+def test_figures_pipeline_end_to_end_and_resumed(run_cli, trained_mini, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_mini, runs / "mnist-mini" / "base")
+    args = ["figures", "--runs-dir", runs, "--out", tmp_path / "figures", *FIGURE_SETTINGS]
+    result = run_cli(*args)
+    assert result.code == 0, result.stderr
+    out = tmp_path / "figures" / "mnist-mini"
+    expected = [f"fig1-certified-accuracy-{s}.{e}" for s in ("area", "radius", "gm-radius") for e in ("png", "pdf")]
+    expected += ["fig2-clean-accuracy.png", "fig2-clean-accuracy-unfiltered.pdf", "fig3-sigma.png",
+                 "fig3-sigma-report.md", "table-certified-accuracy-log-area.md", "table-certified-accuracy-radius.tex"]
+    for name in expected:
+        assert (out / name).is_file(), name
+    certified = sorted(p.name for p in (runs / "mnist-mini" / "certify").glob("figures-*.tsv"))
+    assert len(certified) == 4 and sum(p.startswith("figures-iso-") for p in certified) == 2
+    tables = (out / "table-certified-accuracy-log-area.md").read_text()
+    assert tables.count("| anisotropic, from σ =") == 2 and tables.count("| isotropic, σ =") == 2
+    # a second run reuses every finished step
+    before = {p: p.stat().st_mtime_ns for p in (runs / "mnist-mini").rglob("*.tsv")}
+    assert run_cli(*args).code == 0
+    assert {p: p.stat().st_mtime_ns for p in (runs / "mnist-mini").rglob("*.tsv")} == before
