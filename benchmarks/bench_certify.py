@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import forward_flops, interleaved, markdown_table, matmul_flops_per_second, peak_rss_bytes  # noqa: E402
 
-from nrs_cli.certify import Smooth, lower_confidence_bound  # noqa: E402
+from nrs_cli.certify import Smooth, inputs_per_group, lower_confidence_bound  # noqa: E402
 from nrs_cli.data import load_split  # noqa: E402
 from nrs_cli.models import build_model  # noqa: E402
 from nrs_cli.noise import GaussianNoise  # noqa: E402
@@ -69,7 +69,7 @@ def per_input_certify(model, images, sigma, n0, n, alpha, batch, num_classes):
 
 def engine_certify(engine, sigma, images, n0, n, alpha):
     smooth = Smooth(engine, sigma, seed=0)
-    group = max(1, engine.chunk_size // n)
+    group = inputs_per_group(engine.chunk_size, n0, n)
     for start in range(0, len(images), group):
         batch = images[start : start + group]
         smooth.certify(batch, list(range(start, start + len(batch))), n0, n, alpha)

@@ -129,6 +129,12 @@ def certificate(prediction: int, pA_lower: float, pB_upper: float | None, sigma:
     )
 
 
+def inputs_per_group(chunk_size: int, n0: int, n: int) -> int:
+    """How many inputs to certify together: enough for the n0 selection samples to fill a
+    forward pass, few enough that results are flushed every few passes of n samples."""
+    return max(1, min(chunk_size // n0, 8 * chunk_size // n))
+
+
 def check_options(n0: int, n: int, alpha: float, bound: str = "one-sided") -> None:
     if n0 < 1 or n < 1:
         raise NrsError(f"n0 and n must be at least 1 (got n0={n0}, n={n})")
@@ -217,6 +223,7 @@ def _run_table(
     out: str | Path,
     device: torch.device,
     fingerprint_options: dict,
+    selection_samples: int,
     samples_per_input: int,
     evaluate: Callable[[Smooth, torch.Tensor, list[int]], list[dict]],
     manifest: dict,
@@ -238,7 +245,7 @@ def _run_table(
         raise NrsError(f"{out}: its rows are not the first inputs of this selection (delete it to start over)")
     todo = wanted[len(done) :]
     smooth = Smooth(engine, sigma, spec.seed)
-    group = max(1, engine.chunk_size // samples_per_input)
+    group = inputs_per_group(engine.chunk_size, selection_samples, samples_per_input)
     started, processed = time.perf_counter(), 0
     for indices, images, labels in iterate_batches(dataset, todo, group, spec.data.workers):
         tick = time.perf_counter()
@@ -292,7 +299,7 @@ def certify_run(
     manifest = {"checkpoint": checkpoint, **fingerprint}
     rows, throughput = _run_table(
         "certify", CERTIFY_COLUMNS, spec, model, sigma, dataset, out, device, fingerprint,
-        options.n0 + options.n, evaluate, manifest, on_rows,
+        options.n0, options.n0 + options.n, evaluate, manifest, on_rows,
     )
     summary = {**summarize_certify(rows), "samples_per_second": throughput, "sigma": sigma.label,
                "dimension": sigma.values.numel(), **fingerprint}
@@ -319,7 +326,7 @@ def predict_run(
 
     fingerprint = {"n": options.n, "alpha": options.alpha}
     rows, throughput = _run_table(
-        "predict", PREDICT_COLUMNS, spec, model, sigma, dataset, out, device, fingerprint, options.n,
+        "predict", PREDICT_COLUMNS, spec, model, sigma, dataset, out, device, fingerprint, options.n, options.n,
         evaluate, {"checkpoint": checkpoint, **fingerprint}, on_rows,
     )
     summary = {**summarize_predict(rows), "samples_per_second": throughput, "sigma": sigma.label, **fingerprint}

@@ -40,7 +40,7 @@ def figures_spec(spec: RunSpec) -> RunSpec:
     f = spec.figures
     overrides = {
         name: getattr(f, name)
-        for name in ("init_step", "inits", "sub_epochs", "steps_per_sub_epoch", "eval_max", "baseline_step")
+        for name in ("init", "init_step", "inits", "sub_epochs", "steps_per_sub_epoch", "eval_max", "baseline_step")
         if getattr(f, name) is not None
     }
     optimize = dataclasses.replace(spec.optimize, **overrides)

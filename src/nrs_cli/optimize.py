@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from nrs_cli.certify import Smooth, check_options
+from nrs_cli.certify import Smooth, check_options, inputs_per_group
 from nrs_cli.collective import SINGLE_PROCESS, Collective
 from nrs_cli.data import iterate_batches, selected_indices
 from nrs_cli.errors import NrsError
@@ -130,7 +130,7 @@ def evaluate_sigma(
     """CERTIFY the given test inputs (each process its share) and summarise."""
     mine = indices[collective.rank :: collective.world]
     smooth = Smooth(engine, sigma, seed)
-    group = max(1, engine.chunk_size // n)
+    group = inputs_per_group(engine.chunk_size, n0, n)
     outcomes: list[tuple[bool, float, float, float]] = []
     for batch, images, labels in iterate_batches(dataset, mine, group):
         for cert, label in zip(smooth.certify(images, batch, n0, n, alpha), labels.tolist()):

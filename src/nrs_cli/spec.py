@@ -121,6 +121,7 @@ class FiguresSpec:
     Unset (null) fields keep the optimize / certify sections' values.
     """
 
+    init: Optional[float] = None
     init_step: Optional[float] = None
     inits: Optional[int] = None
     sub_epochs: Optional[int] = None
