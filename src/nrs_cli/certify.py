@@ -34,6 +34,7 @@ from scipy.stats import beta, binomtest, norm
 from torch import nn
 from torch.utils.data import Dataset
 
+from nrs_cli.collective import SINGLE_PROCESS, Collective
 from nrs_cli.data import iterate_batches, selected_indices
 from nrs_cli.errors import NrsError
 from nrs_cli.models import model_digest
@@ -43,9 +44,12 @@ from nrs_cli.results import (
     PREDICT_COLUMNS,
     ResultTable,
     read_table,
+    shard_path,
     sidecar,
     summarize_certify,
     summarize_predict,
+    write_manifest,
+    write_table,
 )
 from nrs_cli.sampling import SamplingEngine, build_engine
 from nrs_cli.serialization import atomic_write_text
@@ -228,26 +232,34 @@ def _run_table(
     evaluate: Callable[[Smooth, torch.Tensor, list[int]], list[dict]],
     manifest: dict,
     on_rows: Callable[[int, int], None] | None,
+    collective: Collective,
 ) -> tuple[list[dict], float]:
-    """The loop shared by certify and predict: resume, evaluate in groups, flush rows."""
+    """The loop shared by certify and predict: resume, evaluate in groups, flush rows.
+
+    In a distributed run rank r takes every world-th selected input, starting
+    at the r-th, into its own resumable shard file; rank 0 then merges the
+    shards in index order into ``out``, the file a single process writes.
+    """
     wanted = selected_indices(len(dataset), spec.certify.skip, spec.certify.max)
     fingerprint = _fingerprint(spec, model, sigma, device, **fingerprint_options)
     engine = build_engine(model, spec, device)
-    table = ResultTable(out, columns)
     manifest = {
         "sigma": {"label": sigma.label, "file": sigma.source, "sha256": sigma.digest, **_plain_metadata(sigma.metadata)},
         "device": str(device),
         "chunk_size": engine.chunk_size,
+        "world_size": collective.world,
         **manifest,
     }
-    done = table.open(fingerprint, manifest, spec, kind)
-    if [int(row["idx"]) for row in done] != wanted[: len(done)]:
-        raise NrsError(f"{out}: its rows are not the first inputs of this selection (delete it to start over)")
-    todo = wanted[len(done) :]
+    rank, world = collective.rank, collective.world
+    mine = wanted[rank::world]
+    table = ResultTable(out if world == 1 else shard_path(out, rank, world), columns)
+    done = table.open({**fingerprint, **({"shard": f"{rank} of {world}"} if world > 1 else {})}, manifest, spec, kind)
+    if [int(row["idx"]) for row in done] != mine[: len(done)]:
+        raise NrsError(f"{table.path}: its rows are not the first inputs of this selection (delete it to start over)")
     smooth = Smooth(engine, sigma, spec.seed)
     group = inputs_per_group(engine.chunk_size, selection_samples, samples_per_input)
     started, processed = time.perf_counter(), 0
-    for indices, images, labels in iterate_batches(dataset, todo, group, spec.data.workers):
+    for indices, images, labels in iterate_batches(dataset, mine[len(done) :], group, spec.data.workers):
         tick = time.perf_counter()
         rows = evaluate(smooth, images, indices)
         per_input = (time.perf_counter() - tick) / len(indices)
@@ -256,10 +268,20 @@ def _run_table(
         table.append(rows)
         processed += len(indices)
         if on_rows:
-            on_rows(len(done) + processed, len(wanted))
-    elapsed = time.perf_counter() - started
-    throughput = processed * samples_per_input / elapsed if processed else math.nan
-    return read_table(out), throughput
+            on_rows(len(done) + processed, len(mine))
+    work = collective.gather([(processed * samples_per_input, time.perf_counter() - started)])
+    elapsed = max(seconds for _, seconds in work)
+    throughput = sum(samples for samples, _ in work) / elapsed if processed and elapsed > 0 else math.nan
+    if world > 1:
+        collective.barrier()  # every shard is complete
+        if collective.is_main:
+            position = {index: k for k, index in enumerate(wanted)}
+            merged = [row for r in range(world) for row in read_table(shard_path(out, r, world))
+                      if int(row["idx"]) in position]
+            write_table(out, columns, sorted(merged, key=lambda row: position[int(row["idx"])]))
+            write_manifest(sidecar(out, "manifest"), kind, spec, fingerprint=fingerprint, resumed=[], **manifest)
+        collective.barrier()
+    return (read_table(out) if collective.is_main else []), throughput
 
 
 def certify_run(
@@ -271,6 +293,7 @@ def certify_run(
     device: torch.device,
     checkpoint: str = "",
     on_rows: Callable[[int, int], None] | None = None,
+    collective: Collective = SINGLE_PROCESS,
 ) -> dict:
     """CERTIFY every selected input of a split into a TSV (resumable) and a summary JSON.
 
@@ -299,8 +322,10 @@ def certify_run(
     manifest = {"checkpoint": checkpoint, **fingerprint}
     rows, throughput = _run_table(
         "certify", CERTIFY_COLUMNS, spec, model, sigma, dataset, out, device, fingerprint,
-        options.n0, options.n0 + options.n, evaluate, manifest, on_rows,
+        options.n0, options.n0 + options.n, evaluate, manifest, on_rows, collective,
     )
+    if not collective.is_main:
+        return {}
     summary = {**summarize_certify(rows), "samples_per_second": throughput, "sigma": sigma.label,
                "dimension": sigma.values.numel(), **fingerprint}
     atomic_write_text(json.dumps(summary, indent=2) + "\n", sidecar(out, "summary"))
@@ -316,6 +341,7 @@ def predict_run(
     device: torch.device,
     checkpoint: str = "",
     on_rows: Callable[[int, int], None] | None = None,
+    collective: Collective = SINGLE_PROCESS,
 ) -> dict:
     """PREDICT every selected input (n and alpha from ``spec.certify``) into a TSV and summary."""
     options = spec.certify
@@ -327,8 +353,10 @@ def predict_run(
     fingerprint = {"n": options.n, "alpha": options.alpha}
     rows, throughput = _run_table(
         "predict", PREDICT_COLUMNS, spec, model, sigma, dataset, out, device, fingerprint, options.n, options.n,
-        evaluate, {"checkpoint": checkpoint, **fingerprint}, on_rows,
+        evaluate, {"checkpoint": checkpoint, **fingerprint}, on_rows, collective,
     )
+    if not collective.is_main:
+        return {}
     summary = {**summarize_predict(rows), "samples_per_second": throughput, "sigma": sigma.label, **fingerprint}
     atomic_write_text(json.dumps(summary, indent=2) + "\n", sidecar(out, "summary"))
     return summary

@@ -82,14 +82,14 @@ def _spec(dataset: str, options: dict[str, Any], assignments: list[str]):
     return load_spec(dataset, overrides)
 
 
-def _progress() -> Progress:
+def _progress(output: Console = console) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=output,
         transient=True,
     )
 
@@ -182,9 +182,8 @@ def train_base_command(
 
 
 def _evaluation_inputs(dataset, data_root, checkpoint, runs_dir, sigma, options, set_):
-    """What certify and predict share: spec, model, sigma, device and the split's inputs."""
+    """What certify and predict share: spec, model, sigma and the split's inputs."""
     from nrs_cli.data import load_split
-    from nrs_cli.devices import resolve_device
     from nrs_cli.models import load_checkpoint
     from nrs_cli.sigma import parse_sigma
 
@@ -192,9 +191,13 @@ def _evaluation_inputs(dataset, data_root, checkpoint, runs_dir, sigma, options,
     checkpoint = checkpoint or runs_dir / spec.name / "base" / "checkpoint.pt"
     model, _ = load_checkpoint(checkpoint, spec)
     noise = parse_sigma(sigma, spec)
-    target = resolve_device(spec.engine.device)
     inputs = load_split(spec.data, spec.certify.split, data_root)
-    return spec, model, noise, target, inputs, checkpoint
+    return spec, model, noise, inputs, checkpoint
+
+
+def _main_console(collective) -> Console:
+    """Rank 0 speaks for a distributed job; the other ranks stay quiet."""
+    return console if collective.is_main else Console(quiet=True)
 
 
 def _default_out(runs_dir: Path, spec, kind: str, sigma) -> Path:
@@ -222,7 +225,9 @@ def certify_command(
     dataset: str = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP),
     checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
     n0: Optional[int] = typer.Option(None, help="Selection samples per input [spec: certify.n0]."),
-    n: Optional[int] = typer.Option(None, help="Estimation samples per input [spec: certify.n]."),
+    n: Optional[int] = typer.Option(
+        None, "--n", "--num-samples", help="Estimation samples per input [spec: certify.n]; --num-samples under torchrun."
+    ),
     alpha: Optional[float] = typer.Option(None, help="Failure probability [spec: certify.alpha]."),
     bound: Optional[str] = typer.Option(
         None, help="one-sided (Cohen et al.) or two-sided (also bounds the runner-up) [spec: certify.bound]."
@@ -230,7 +235,9 @@ def certify_command(
     batch: Optional[int] = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size]."),
     split: Optional[str] = typer.Option(None, help="train or test [spec: certify.split]."),
     skip: Optional[int] = typer.Option(None, help="Certify every SKIP-th input [spec: certify.skip]."),
-    max_: Optional[int] = typer.Option(None, "--max", help="Stop before this input index [spec: certify.max]."),
+    max_: Optional[int] = typer.Option(
+        None, "--max", "--stop", help="Stop before this input index [spec: certify.max]; --stop under torchrun."
+    ),
     seed: Optional[int] = typer.Option(None, help="Noise seed [spec: seed]."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 [spec: engine.precision]."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device]."),
@@ -246,23 +253,31 @@ def certify_command(
     Rerunning the same command resumes after the last complete row.
     """
     from nrs_cli.certify import certify_run
+    from nrs_cli.devices import resolve_device
+    from nrs_cli.distributed import distributed
 
     options = {
         "certify.n0": n0, "certify.n": n, "certify.alpha": alpha, "certify.bound": bound, "certify.split": split,
         "certify.skip": skip, "certify.max": max_, "engine.chunk_size": batch, "seed": seed,
         "engine.precision": precision, "engine.device": device,
     }
-    spec, model, noise, target, inputs, checkpoint = _evaluation_inputs(
+    spec, model, noise, inputs, checkpoint = _evaluation_inputs(
         dataset, data_root, checkpoint, runs_dir, sigma, options, set_
     )
     out = out or _default_out(runs_dir, spec, "certify", noise)
     c = spec.certify
-    console.print(
-        f"certify: {spec.name} {c.split}, sigma {noise.label}, n0={c.n0} n={c.n} alpha={c.alpha:g} {c.bound}, "
-        f"{spec.engine.precision} on {target} -> {out}"
-    )
-    with _progress() as progress:
-        summary = certify_run(spec, model, noise, inputs, out, target, str(checkpoint), _row_progress(progress, "inputs"))
+    with distributed(resolve_device(spec.engine.device)) as (collective, target):
+        say = _main_console(collective)
+        say.print(
+            f"certify: {spec.name} {c.split}, sigma {noise.label}, n0={c.n0} n={c.n} alpha={c.alpha:g} {c.bound}, "
+            f"{spec.engine.precision} on {target}"
+            + (f" x {collective.world} processes" if collective.world > 1 else "") + f" -> {out}"
+        )
+        with _progress(say) as progress:
+            summary = certify_run(spec, model, noise, inputs, out, target, str(checkpoint),
+                                  _row_progress(progress, "inputs"), collective)
+    if not collective.is_main:
+        return
     table = Table("certify summary", "", box=None)
     rows = {
         "certified accuracy": f"{summary['certified_accuracy']:.1%} ({summary['correct']}/{summary['inputs']})",
@@ -284,12 +299,16 @@ def predict_command(
     sigma: str = typer.Option(..., help=SIGMA_HELP),
     dataset: str = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP),
     checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
-    n: Optional[int] = typer.Option(None, help="Samples per input [spec: certify.n]."),
+    n: Optional[int] = typer.Option(
+        None, "--n", "--num-samples", help="Samples per input [spec: certify.n]; --num-samples under torchrun."
+    ),
     alpha: Optional[float] = typer.Option(None, help="Failure probability [spec: certify.alpha]."),
     batch: Optional[int] = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size]."),
     split: Optional[str] = typer.Option(None, help="train or test [spec: certify.split]."),
     skip: Optional[int] = typer.Option(None, help="Predict every SKIP-th input [spec: certify.skip]."),
-    max_: Optional[int] = typer.Option(None, "--max", help="Stop before this input index [spec: certify.max]."),
+    max_: Optional[int] = typer.Option(
+        None, "--max", "--stop", help="Stop before this input index [spec: certify.max]; --stop under torchrun."
+    ),
     seed: Optional[int] = typer.Option(None, help="Noise seed [spec: seed]."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 [spec: engine.precision]."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device]."),
@@ -300,18 +319,26 @@ def predict_command(
 ) -> None:
     """Predict with the smoothed classifier (PREDICT: binomial test, abstains when unsure)."""
     from nrs_cli.certify import predict_run
+    from nrs_cli.devices import resolve_device
+    from nrs_cli.distributed import distributed
 
     options = {
         "certify.n": n, "certify.alpha": alpha, "certify.split": split, "certify.skip": skip, "certify.max": max_,
         "engine.chunk_size": batch, "seed": seed, "engine.precision": precision, "engine.device": device,
     }
-    spec, model, noise, target, inputs, checkpoint = _evaluation_inputs(
+    spec, model, noise, inputs, checkpoint = _evaluation_inputs(
         dataset, data_root, checkpoint, runs_dir, sigma, options, set_
     )
     out = out or _default_out(runs_dir, spec, "predict", noise)
-    console.print(f"predict: {spec.name} {spec.certify.split}, sigma {noise.label}, n={spec.certify.n} -> {out}")
-    with _progress() as progress:
-        summary = predict_run(spec, model, noise, inputs, out, target, str(checkpoint), _row_progress(progress, "inputs"))
+    with distributed(resolve_device(spec.engine.device)) as (collective, target):
+        say = _main_console(collective)
+        say.print(f"predict: {spec.name} {spec.certify.split}, sigma {noise.label}, n={spec.certify.n} on {target} "
+                  f"-> {out}")
+        with _progress(say) as progress:
+            summary = predict_run(spec, model, noise, inputs, out, target, str(checkpoint),
+                                  _row_progress(progress, "inputs"), collective)
+    if not collective.is_main:
+        return
     console.print(
         f"accuracy {summary['accuracy']:.1%} ({summary['correct']}/{summary['inputs']}), "
         f"abstained {summary['abstained']}, wrong {summary['wrong']}, {summary['samples_per_second']:,.0f} samples/s"
@@ -362,9 +389,9 @@ def optimize_sigma_command(
     """
     from nrs_cli.data import load_split
     from nrs_cli.devices import resolve_device
-    from nrs_cli.distributed import collective_for
+    from nrs_cli.distributed import distributed
     from nrs_cli.models import load_checkpoint
-    from nrs_cli.optimize import sweep_constants, sweep_run
+    from nrs_cli.optimize import compare_to_isotropic, sweep_constants, sweep_run
 
     spec = _spec(
         dataset,
@@ -379,60 +406,47 @@ def optimize_sigma_command(
         },
         set_,
     )
-    collective, target = collective_for(resolve_device(spec.engine.device))
     checkpoint = checkpoint or runs_dir / spec.name / "base" / "checkpoint.pt"
     model, _ = load_checkpoint(checkpoint, spec)
     train_set = load_split(spec.data, "train", data_root)
     test_set = load_split(spec.data, "test", data_root)
     run_dir = runs_dir / spec.name / "optimize" / name
     o = spec.optimize
-    say = console.print if collective.is_main else (lambda *args, **kwargs: None)
-    say(
-        f"optimize-sigma: {spec.name}, inits {', '.join(f'{c:g}' for c in sweep_constants(spec))}, "
-        f"{o.sub_epochs} rounds x {o.steps_per_sub_epoch or 'a pass of'} steps, batch {o.batch_size} x n0 {o.n0}, "
-        f"lr {o.lr:g} (x{o.lr_decay:g}/round); evaluation n0={o.eval_n0} n={o.eval_n} alpha={o.eval_alpha:g} on "
-        f"{o.eval_max if o.eval_max >= 0 else len(test_set)} test inputs; {spec.engine.precision} on {target}"
-        + (f" x {collective.world} processes" if collective.world > 1 else "") + f" -> {run_dir}"
-    )
-    with _progress() as progress:
-        task = progress.add_task("sweep", total=None)
+    with distributed(resolve_device(spec.engine.device)) as (collective, target):
+        say = _main_console(collective)
+        say.print(
+            f"optimize-sigma: {spec.name}, inits {', '.join(f'{c:g}' for c in sweep_constants(spec))}, "
+            f"{o.sub_epochs} rounds x {o.steps_per_sub_epoch or 'a pass of'} steps, batch {o.batch_size} x n0 {o.n0}, "
+            f"lr {o.lr:g} (x{o.lr_decay:g}/round); evaluation n0={o.eval_n0} n={o.eval_n} alpha={o.eval_alpha:g} "
+            f"on {o.eval_max if o.eval_max >= 0 else len(test_set)} test inputs; {spec.engine.precision} on {target}"
+            + (f" x {collective.world} processes" if collective.world > 1 else "") + f" -> {run_dir}"
+        )
+        with _progress(say) as progress:
+            task = progress.add_task("sweep", total=None)
 
-        def on_event(event: dict) -> None:
-            if not collective.is_main:
-                return
-            if event["kind"] == "step":
-                progress.update(
-                    task, completed=event["step"], total=event["steps"],
-                    description=f"sigma {event['init']:g} round {event['sub_epoch']}: loss {event['loss']:.1f}, "
-                    f"right {event['right']:.0%}, sigma mean {event['sigma_mean']:.3f} std {event['sigma_std']:.3f}",
-                )
-            else:
-                console.print(
-                    f"{event['method']:>11} sigma {event['init']:g}"
-                    + (f" round {event['sub_epoch']}" if event["method"] == "anisotropic" else "")
-                    + f": accuracy {event['accuracy']:.1%}, mean log_area {event['mean_log_area']:.1f}, "
-                    f"sigma mean {event['sigma_mean']:.3f} [{event['sigma_min']:.3f}, {event['sigma_max']:.3f}] "
-                    f"({event['seconds']:.0f} s)"
-                )
+            def on_event(event: dict) -> None:
+                if event["kind"] == "step":
+                    progress.update(
+                        task, completed=event["step"], total=event["steps"],
+                        description=f"sigma {event['init']:g} round {event['sub_epoch']}: loss {event['loss']:.1f}, "
+                        f"right {event['right']:.0%}, sigma mean {event['sigma_mean']:.3f} "
+                        f"std {event['sigma_std']:.3f}",
+                    )
+                else:
+                    say.print(
+                        f"{event['method']:>11} sigma {event['init']:g}"
+                        + (f" round {event['sub_epoch']}" if event["method"] == "anisotropic" else "")
+                        + f": accuracy {event['accuracy']:.1%}, mean log_area {event['mean_log_area']:.1f}, "
+                        f"sigma mean {event['sigma_mean']:.3f} [{event['sigma_min']:.3f}, {event['sigma_max']:.3f}] "
+                        f"({event['seconds']:.0f} s)"
+                    )
 
-        result = sweep_run(spec, model, train_set, test_set, run_dir, target, str(checkpoint), collective, on_event)
-    from nrs_cli.optimize import compare_to_isotropic
-
+            result = sweep_run(spec, model, train_set, test_set, run_dir, target, str(checkpoint), collective,
+                               on_event)
     best = compare_to_isotropic(result.rows)["max_gain_at_equal_accuracy"]
     if best is not None:
-        say(f"largest certified-area gain over isotropic sigma at equal accuracy: {best:.1f} (log_area)")
-    say(f"results: {run_dir}/metrics.csv, sigmas in {run_dir}/sigmas/")
-
-
-AXIS_CHOICES = {"area": "log_area", "radius": "radius", "gm-radius": "gm_radius"}
-
-
-def _axes(axis: str) -> list[str]:
-    if axis == "all":
-        return list(AXIS_CHOICES.values())
-    if axis not in AXIS_CHOICES:
-        raise NrsError(f"unknown axis '{axis}' (use area, radius, gm-radius or all)")
-    return [AXIS_CHOICES[axis]]
+        say.print(f"largest certified-area gain over isotropic sigma at equal accuracy: {best:.1f} (log_area)")
+    say.print(f"results: {run_dir}/metrics.csv, sigmas in {run_dir}/sigmas/")
 
 
 @command("certified-accuracy", plot_app)

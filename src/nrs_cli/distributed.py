@@ -8,8 +8,9 @@ variables everything runs in one process.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -41,13 +42,22 @@ class TorchDistributed(Collective):
         dist.barrier()
 
 
-def collective_for(device: torch.device) -> tuple[Collective, torch.device]:
-    """The collective and device of this process: one process, or a rank of a torchrun job."""
+@contextlib.contextmanager
+def distributed(device: torch.device) -> Iterator[tuple[Collective, torch.device]]:
+    """This process's collective and device: one process, or a rank of a torchrun job.
+
+    Under torchrun the process group is created here (NCCL for CUDA, gloo for
+    CPU), each rank takes the GPU of its local rank, and the group is torn
+    down on the way out.
+    """
     if not launched_by_torchrun():
-        return SINGLE_PROCESS, device
+        yield SINGLE_PROCESS, device
+        return
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return TorchDistributed(), device
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield TorchDistributed(), device
+    finally:
+        dist.destroy_process_group()

@@ -157,6 +157,18 @@ class ResultTable:
         return rows
 
 
+def shard_path(path: str | os.PathLike, rank: int, world: int) -> Path:
+    """``out.tsv`` -> ``out.shard1of4.tsv``: the rows one rank of a distributed run certified."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.shard{rank}of{world}{path.suffix}")
+
+
+def write_table(path: str | os.PathLike, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """A whole result TSV at once (merging shards), replacing any earlier file atomically."""
+    lines = ["\t".join(columns)] + ["\t".join(_cell(row[c]) for c in columns) for row in rows]
+    atomic_write_text("\n".join(lines) + "\n", path)
+
+
 def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of a result TSV as dicts of strings."""
     with open(path, newline="") as handle:
