@@ -111,6 +111,7 @@ def test_kitti_loader_drops_counts_resizes_and_splits(tmp_path):
     spec = data_spec("kitti", resize=24, input_shape=(3, 24, 24), test_fraction=0.25)
     train, test = load_split(spec, "train", tmp_path), load_split(spec, "test", tmp_path)
     assert train.dropped == test.dropped == 2
+    assert "13 of 15 training images" in train.summary and "2 without any dropped" in train.summary
     assert (len(train), len(test)) == (10, 3)  # 13 labelled images, 25% to test
     names = {Path(p).stem for p, _ in train.samples} | {Path(p).stem for p, _ in test.samples}
     assert len(names) == 13 and not {Path(p).stem for p, _ in train.samples} & {Path(p).stem for p, _ in test.samples}

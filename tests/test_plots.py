@@ -181,6 +181,10 @@ def test_plot_cli_writes_png_and_pdf(run_cli, tmp_path):
     assert result.code == 0 and "66.7" in (tmp_path / "t.md").read_text() and (tmp_path / "t.tex").is_file()
     bad = run_cli("plot", "table", a, "--at", "x,y")
     assert bad.code == 2 and "--at expects comma-separated numbers" in bad.stderr
+    axis = run_cli("plot", "certified-accuracy", a, "--axis", "volume", "--out", tmp_path / "f4")
+    assert axis.code == 2 and "unknown axis 'volume'" in axis.stderr
+    single = run_cli("plot", "certified-accuracy", a, "--axis", "radius", "--out", tmp_path / "f5")
+    assert single.code == 0 and (tmp_path / "f5.png").is_file() and not (tmp_path / "f5-area.png").exists()
     missing = run_cli("plot", "certified-accuracy", tmp_path / "nope.tsv", "--out", tmp_path / "f3")
     assert missing.code == 2 and "result file not found" in missing.stderr
 

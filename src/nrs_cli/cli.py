@@ -36,6 +36,32 @@ DATASET_HELP = "Built-in dataset (see `nrs list datasets`) or a YAML run spec fi
 DATA_ROOT_HELP = "Folder holding the datasets (default: $NRS_DATA_ROOT, then ~/.cache/nrs/data)."
 SET_HELP = "Override any spec field, e.g. --set train.lr_step=30 (repeatable)."
 
+# Options several commands share; each maps to the spec field in brackets.
+DATASET = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP)
+DATA_ROOT = typer.Option(None, help=DATA_ROOT_HELP)
+RUNS_DIR = typer.Option(Path("runs"), help="Where run folders live.")
+CHECKPOINT = typer.Option(
+    None, help="Base classifier (nrs, Cohen or Salman checkpoint; default RUNS_DIR/<dataset>/base/checkpoint.pt)."
+)
+SEED = typer.Option(None, help="Seed of the noise and of the data order [spec: seed].")
+PRECISION = typer.Option(None, help="fp32 or bf16 [spec: engine.precision].")
+DEVICE = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device].")
+BATCH = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size].")
+SET = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP)
+SIGMA = typer.Option(..., help="Noise scales: a number (isotropic, pixel units) or a sigma file from optimize-sigma.")
+NUM_SAMPLES = typer.Option(
+    None, "--n", "--num-samples", help="Samples per input for the estimate [spec: certify.n]; --num-samples under torchrun."
+)
+ALPHA = typer.Option(None, help="Failure probability [spec: certify.alpha].")
+SPLIT = typer.Option(None, help="train or test [spec: certify.split].")
+SKIP = typer.Option(None, help="Use every SKIP-th input [spec: certify.skip].")
+STOP = typer.Option(
+    None, "--max", "--stop", help="Stop before this input index [spec: certify.max]; --stop under torchrun."
+)
+OUT_TSV = typer.Option(
+    None, "--out", help="Result TSV; manifest and summary JSON go beside it (default RUNS_DIR/<dataset>/<command>/...)."
+)
+
 
 plot_app = typer.Typer(
     help="Draw the paper's figures and tables from result files (PNG and PDF).",
@@ -96,8 +122,8 @@ def _progress(output: Console = console) -> Progress:
 
 @command("train-base")
 def train_base_command(
-    dataset: str = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP),
-    data_root: Optional[Path] = typer.Option(None, help=DATA_ROOT_HELP),
+    dataset: str = DATASET,
+    data_root: Optional[Path] = DATA_ROOT,
     name: str = typer.Option("base", help="Run name: files go to RUNS_DIR/<dataset>/<name>/."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are created."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs [spec: train.epochs]."),
@@ -115,9 +141,9 @@ def train_base_command(
     download: Optional[bool] = typer.Option(
         None, "--download/--no-download", help="Let torchvision download missing data [spec: data.download]."
     ),
-    seed: Optional[int] = typer.Option(None, help="Random seed [spec: seed]."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device]."),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    seed: Optional[int] = SEED,
+    device: Optional[str] = DEVICE,
+    set_: list[str] = SET,
 ) -> None:
     """Train the base classifier f and save checkpoint, metrics and manifest."""
     from nrs_cli.data import load_split
@@ -214,37 +240,30 @@ def _row_progress(progress: Progress, label: str):
     return on_rows
 
 
-SIGMA_HELP = "Noise scales: a number (isotropic, pixel units) or a sigma file from optimize-sigma."
-CHECKPOINT_HELP = "Base classifier (nrs, Cohen or Salman checkpoint; default RUNS_DIR/<dataset>/base/checkpoint.pt)."
-OUT_HELP = "Result TSV; manifest and summary JSON go beside it (default RUNS_DIR/<dataset>/<command>/...)."
 
 
 @command("certify")
 def certify_command(
-    sigma: str = typer.Option(..., help=SIGMA_HELP),
-    dataset: str = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    sigma: str = SIGMA,
+    dataset: str = DATASET,
+    checkpoint: Optional[Path] = CHECKPOINT,
     n0: Optional[int] = typer.Option(None, help="Selection samples per input [spec: certify.n0]."),
-    n: Optional[int] = typer.Option(
-        None, "--n", "--num-samples", help="Estimation samples per input [spec: certify.n]; --num-samples under torchrun."
-    ),
-    alpha: Optional[float] = typer.Option(None, help="Failure probability [spec: certify.alpha]."),
+    n: Optional[int] = NUM_SAMPLES,
+    alpha: Optional[float] = ALPHA,
     bound: Optional[str] = typer.Option(
         None, help="one-sided (Cohen et al.) or two-sided (also bounds the runner-up) [spec: certify.bound]."
     ),
-    batch: Optional[int] = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size]."),
-    split: Optional[str] = typer.Option(None, help="train or test [spec: certify.split]."),
-    skip: Optional[int] = typer.Option(None, help="Certify every SKIP-th input [spec: certify.skip]."),
-    max_: Optional[int] = typer.Option(
-        None, "--max", "--stop", help="Stop before this input index [spec: certify.max]; --stop under torchrun."
-    ),
-    seed: Optional[int] = typer.Option(None, help="Noise seed [spec: seed]."),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 [spec: engine.precision]."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device]."),
-    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
-    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live."),
-    data_root: Optional[Path] = typer.Option(None, help=DATA_ROOT_HELP),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    batch: Optional[int] = BATCH,
+    split: Optional[str] = SPLIT,
+    skip: Optional[int] = SKIP,
+    max_: Optional[int] = STOP,
+    seed: Optional[int] = SEED,
+    precision: Optional[str] = PRECISION,
+    device: Optional[str] = DEVICE,
+    out: Optional[Path] = OUT_TSV,
+    runs_dir: Path = RUNS_DIR,
+    data_root: Optional[Path] = DATA_ROOT,
+    set_: list[str] = SET,
 ) -> None:
     """Certify the smoothed classifier on a split (CERTIFY with the ellipsoid of Theorem 3.1).
 
@@ -296,26 +315,22 @@ def certify_command(
 
 @command("predict")
 def predict_command(
-    sigma: str = typer.Option(..., help=SIGMA_HELP),
-    dataset: str = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
-    n: Optional[int] = typer.Option(
-        None, "--n", "--num-samples", help="Samples per input [spec: certify.n]; --num-samples under torchrun."
-    ),
-    alpha: Optional[float] = typer.Option(None, help="Failure probability [spec: certify.alpha]."),
-    batch: Optional[int] = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size]."),
-    split: Optional[str] = typer.Option(None, help="train or test [spec: certify.split]."),
-    skip: Optional[int] = typer.Option(None, help="Predict every SKIP-th input [spec: certify.skip]."),
-    max_: Optional[int] = typer.Option(
-        None, "--max", "--stop", help="Stop before this input index [spec: certify.max]; --stop under torchrun."
-    ),
-    seed: Optional[int] = typer.Option(None, help="Noise seed [spec: seed]."),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 [spec: engine.precision]."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device]."),
-    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
-    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live."),
-    data_root: Optional[Path] = typer.Option(None, help=DATA_ROOT_HELP),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    sigma: str = SIGMA,
+    dataset: str = DATASET,
+    checkpoint: Optional[Path] = CHECKPOINT,
+    n: Optional[int] = NUM_SAMPLES,
+    alpha: Optional[float] = ALPHA,
+    batch: Optional[int] = BATCH,
+    split: Optional[str] = SPLIT,
+    skip: Optional[int] = SKIP,
+    max_: Optional[int] = STOP,
+    seed: Optional[int] = SEED,
+    precision: Optional[str] = PRECISION,
+    device: Optional[str] = DEVICE,
+    out: Optional[Path] = OUT_TSV,
+    runs_dir: Path = RUNS_DIR,
+    data_root: Optional[Path] = DATA_ROOT,
+    set_: list[str] = SET,
 ) -> None:
     """Predict with the smoothed classifier (PREDICT: binomial test, abstains when unsure)."""
     from nrs_cli.certify import predict_run
@@ -348,8 +363,8 @@ def predict_command(
 
 @command("optimize-sigma")
 def optimize_sigma_command(
-    dataset: str = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    dataset: str = DATASET,
+    checkpoint: Optional[Path] = CHECKPOINT,
     name: str = typer.Option("sweep", help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/."),
     init: Optional[float] = typer.Option(None, help="First constant sigma of the sweep [spec: optimize.init]."),
     init_step: Optional[float] = typer.Option(None, help="Step between constants [spec: optimize.init_step]."),
@@ -373,13 +388,13 @@ def optimize_sigma_command(
         None, help="Spacing of the isotropic baseline constants (default: init step) [spec: optimize.baseline_step]."
     ),
     train_size: Optional[int] = typer.Option(None, help="Use a seeded subset of the train split [spec: data.train_size]."),
-    batch: Optional[int] = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size]."),
-    seed: Optional[int] = typer.Option(None, help="Seed of batches and noise [spec: seed]."),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 [spec: engine.precision]."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device]."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live."),
-    data_root: Optional[Path] = typer.Option(None, help=DATA_ROOT_HELP),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    batch: Optional[int] = BATCH,
+    seed: Optional[int] = SEED,
+    precision: Optional[str] = PRECISION,
+    device: Optional[str] = DEVICE,
+    runs_dir: Path = RUNS_DIR,
+    data_root: Optional[Path] = DATA_ROOT,
+    set_: list[str] = SET,
 ) -> None:
     """Optimise per-element sigma (Algorithm 1) over a sweep of initial constants.
 
@@ -449,6 +464,17 @@ def optimize_sigma_command(
     say.print(f"results: {run_dir}/metrics.csv, sigmas in {run_dir}/sigmas/")
 
 
+AXIS_CHOICES = {"area": "log_area", "radius": "radius", "gm-radius": "gm_radius"}
+
+
+def _axes(axis: str) -> list[str]:
+    if axis == "all":
+        return list(AXIS_CHOICES.values())
+    if axis not in AXIS_CHOICES:
+        raise NrsError(f"unknown axis '{axis}' (use area, radius, gm-radius or all)")
+    return [AXIS_CHOICES[axis]]
+
+
 @command("certified-accuracy", plot_app)
 def plot_certified_accuracy_command(
     results: list[Path] = typer.Argument(..., help="certify TSV files, one line each"),
@@ -514,7 +540,7 @@ def plot_table_command(
 @command("visualize-sigma")
 def visualize_sigma_command(
     sigmas: list[Path] = typer.Argument(..., help="sigma files (from optimize-sigma)"),
-    dataset: str = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP),
+    dataset: str = DATASET,
     out: Path = typer.Option(Path("figures/sigma"), help="Output path without extension."),
     colorbar: bool = typer.Option(True, help="Show each image's sigma range on a colour bar."),
     columns: Optional[int] = typer.Option(None, help="Images per row of the grid."),
@@ -541,10 +567,10 @@ def figures_command(
     datasets: list[str] = typer.Option(["mnist-mini"], "--dataset", "-d", help=DATASET_HELP + " Repeatable."),
     out: Path = typer.Option(Path("figures"), help="Folder for the figures (one sub-folder per dataset)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live (finished steps are reused)."),
-    data_root: Optional[Path] = typer.Option(None, help=DATA_ROOT_HELP),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device]."),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 [spec: engine.precision]."),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    data_root: Optional[Path] = DATA_ROOT,
+    device: Optional[str] = DEVICE,
+    precision: Optional[str] = PRECISION,
+    set_: list[str] = SET,
 ) -> None:
     """Everything for the paper's figures: train, sweep, certify, draw (resumes finished steps)."""
     import time
@@ -570,11 +596,11 @@ def list_command(
     from nrs_cli.spec import builtin_specs, load_spec
 
     if what == "datasets":
-        table = Table("dataset", "loader", "input", "classes", "arch", "description", box=None)
+        table = Table("dataset", "input", "classes", "arch", "description", box=None)
         for name in builtin_specs():
             spec = load_spec(name)
             shape = "x".join(map(str, spec.data.input_shape))
-            table.add_row(name, spec.data.loader, shape, str(spec.data.num_classes), spec.model.arch, spec.description)
+            table.add_row(name, shape, str(spec.data.num_classes), spec.model.arch, spec.description)
     elif what in ("loaders", "archs"):
         entries = list_loaders() if what == "loaders" else list_archs()
         table = Table(what[:-1], "description", box=None)

@@ -322,6 +322,10 @@ class KittiClassification(Dataset):
         chosen = sorted(order[:num_test] if split == "test" else order[num_test:])
         self.samples = [kept[i] for i in chosen]
         self.transform = _image_transform(spec)
+        self.summary = (
+            f"KITTI: {len(kept)} of {len(labelled)} training images have labelled objects "
+            f"({self.dropped} without any dropped); {split} split: {len(self.samples)} images"
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
