@@ -270,8 +270,8 @@ def _run_table(
         if on_rows:
             on_rows(len(done) + processed, len(mine))
     work = collective.gather([(processed * samples_per_input, time.perf_counter() - started)])
-    elapsed = max(seconds for _, seconds in work)
-    throughput = sum(samples for samples, _ in work) / elapsed if processed and elapsed > 0 else math.nan
+    samples, elapsed = sum(s for s, _ in work), max(seconds for _, seconds in work)
+    throughput = samples / elapsed if samples and elapsed > 0 else math.nan
     if world > 1:
         collective.barrier()  # every shard is complete
         if collective.is_main:

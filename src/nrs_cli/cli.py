@@ -125,7 +125,7 @@ def train_base_command(
     dataset: str = DATASET,
     data_root: Optional[Path] = DATA_ROOT,
     name: str = typer.Option("base", help="Run name: files go to RUNS_DIR/<dataset>/<name>/."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are created."),
+    runs_dir: Path = RUNS_DIR,
     epochs: Optional[int] = typer.Option(None, help="Training epochs [spec: train.epochs]."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step [spec: train.batch_size]."),
     lr: Optional[float] = typer.Option(None, help="Learning rate [spec: train.lr]."),
@@ -173,7 +173,7 @@ def train_base_command(
     noise = None
     if noise_sigma is not None and scalar_noise is None:
         noise = parse_sigma(noise_sigma, spec)
-    elif spec.train.noise_sigma > 0:
+    elif spec.train.noise_sigma != 0:  # 0 means no augmentation; a negative value is an error
         noise = parse_sigma(spec.train.noise_sigma, spec)
     target = resolve_device(spec.engine.device)
     train_set = load_split(spec.data, "train", data_root)
