@@ -112,6 +112,11 @@ def test_compare_to_isotropic_interpolates_at_equal_accuracy():
     assert first["nearest_isotropic"] is None  # no isotropic point within one accuracy point
     assert second["gain_at_equal_accuracy"] is None  # beyond the isotropic accuracy range
     assert summary["max_gain_at_equal_accuracy"] == pytest.approx(500.0)
+    rows.append({"method": "anisotropic", "init": 0.4, "sub_epoch": 1, "accuracy": 0.966, "mean_log_area": -400.0,
+                 "sigma_file": "c.pt"})
+    rows.append({"method": "isotropic", "init": 0.1, "accuracy": 0.976, "mean_log_area": -800.0})
+    third = compare_to_isotropic(rows)["anisotropic"][2]
+    assert third["nearest_isotropic"]["gain"] == pytest.approx(400.0)  # 0.976 - 0.966 is one point
 
 
 TINY = {

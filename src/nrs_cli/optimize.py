@@ -398,7 +398,7 @@ def compare_to_isotropic(rows: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         accuracy, area = float(r["accuracy"]), float(r["mean_log_area"])
         interpolated = _interpolate(iso, accuracy)
-        near = [p for p in iso if abs(p[0] - accuracy) <= 0.01]
+        near = [p for p in iso if abs(p[0] - accuracy) <= 0.01 + 1e-9]  # one point, whatever the float error
         nearest = min(near, key=lambda p: abs(p[0] - accuracy)) if near else None
         points.append({
             "init": r["init"], "sub_epoch": r["sub_epoch"], "accuracy": accuracy, "mean_log_area": area,
