@@ -35,6 +35,7 @@ from common import forward_flops, interleaved, markdown_table, matmul_flops_per_
 
 from nrs_cli.certify import Smooth, inputs_per_group, lower_confidence_bound  # noqa: E402
 from nrs_cli.data import load_split  # noqa: E402
+from nrs_cli.devices import keep_freed_memory  # noqa: E402
 from nrs_cli.models import build_model  # noqa: E402
 from nrs_cli.noise import GaussianNoise  # noqa: E402
 from nrs_cli.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--memory-n", type=int, default=100_000, help="large n for the memory check (0: skip)")
     args = parser.parse_args()
 
+    keep_freed_memory()  # as build_engine does; process-wide, so the baselines get it too
     device = torch.device(args.device)
     spec = load_spec(SPEC_FOR_ARCH[args.arch], {"model.arch": args.arch, "model.pretrained": False})
     shape, classes = spec.data.input_shape, spec.data.num_classes

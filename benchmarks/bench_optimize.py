@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import forward_flops, interleaved, markdown_table, matmul_flops_per_second  # noqa: E402
 
+from nrs_cli.devices import keep_freed_memory  # noqa: E402
 from nrs_cli.models import build_model  # noqa: E402
 from nrs_cli.noise import GaussianNoise  # noqa: E402
 from nrs_cli.optimize import P_HAT_RANGE, algorithm1_step  # noqa: E402
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
+    keep_freed_memory()  # as build_engine does; process-wide, so the baselines get it too
     device = torch.device(args.device)
     spec = load_spec(SPEC_FOR_ARCH[args.arch], {"model.arch": args.arch, "model.pretrained": False})
     shape, classes = spec.data.input_shape, spec.data.num_classes

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import sys
 
 import torch
 
@@ -25,6 +28,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise NrsError(f"unsupported device '{name}' (use auto, cpu, cuda or cuda:N)")
     return device
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Keep freed activation memory in the process instead of handing it back to the OS (glibc).
+
+    Every chunk of noisy samples allocates and frees the same large activation
+    buffers. Above glibc's (dynamic) mmap threshold they are unmapped on free
+    and page-faulted back on the next chunk: measured on the MNIST CNN's
+    sigma-optimisation step, 140,000 minor faults per two steps and 15-20%
+    of the time. Serving allocations up to 32 MiB from the heap and never
+    trimming it removes them. Process-wide; a no-op outside Linux/glibc.
+    Returns whether the setting took effect.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    trim_threshold, mmap_threshold = -1, -3  # glibc's M_TRIM_THRESHOLD and M_MMAP_THRESHOLD
+    return bool(libc.mallopt(mmap_threshold, 32 << 20)) and bool(libc.mallopt(trim_threshold, 2**31 - 1))
 
 
 def autocast(device: torch.device, precision: str):

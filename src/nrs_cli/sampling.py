@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from nrs_cli.devices import autocast
+from nrs_cli.devices import autocast, keep_freed_memory
 from nrs_cli.noise import NOISE_BLOCK, GaussianNoise
 from nrs_cli.spec import RunSpec
 
@@ -212,7 +212,12 @@ class SamplingEngine:
 
 
 def build_engine(model: nn.Module, spec: RunSpec, device: torch.device) -> SamplingEngine:
-    """The engine for a spec: its precision, memory format and chunk size (0: chosen per device)."""
+    """The engine for a spec: its precision, memory format and chunk size (0: chosen per device).
+
+    On a CPU this also keeps freed memory in the process (:func:`nrs_cli.devices.keep_freed_memory`).
+    """
+    if device.type == "cpu":
+        keep_freed_memory()
     prepared = prepare_model(model, device, spec.engine.channels_last)
     return SamplingEngine(
         prepared,
