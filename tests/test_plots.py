@@ -231,3 +231,16 @@ def test_figures_pipeline_end_to_end_and_resumed(run_cli, trained_mini, tmp_path
     before = {p: p.stat().st_mtime_ns for p in (runs / "mnist-mini").rglob("*.tsv")}
     assert run_cli(*args).code == 0
     assert {p: p.stat().st_mtime_ns for p in (runs / "mnist-mini").rglob("*.tsv")} == before
+
+
+def test_figure_sigmas_come_from_the_pareto_front_near_the_best_accuracy():
+    from nrs_cli.figures import choose_sigmas
+
+    def row(accuracy, area, name):
+        return {"method": "anisotropic", "accuracy": accuracy, "mean_log_area": area, "sigma_file": name}
+
+    rows = [row(0.976, -746.5, "tied-but-dominated"), row(0.976, -607.6, "most-accurate"),
+            row(0.972, -554.6, "dominated"), row(0.974, -549.3, "front"), row(0.966, -394.7, "largest-area"),
+            row(0.70, -100.0, "too-inaccurate"), {"method": "isotropic", "accuracy": 0.99, "mean_log_area": 0.0}]
+    assert [r["sigma_file"] for r in choose_sigmas(rows, 2)] == ["most-accurate", "largest-area"]
+    assert [r["sigma_file"] for r in choose_sigmas(rows, 3)] == ["most-accurate", "front", "largest-area"]

@@ -16,6 +16,7 @@ Every step reuses what an earlier run finished.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,7 @@ from nrs_cli.data import load_split
 from nrs_cli.errors import NrsError
 from nrs_cli.models import build_model, load_checkpoint
 from nrs_cli.optimize import read_metrics, sweep_run
-from nrs_cli.plots import blanket_filter, load_result, load_sweep, plot_certified_accuracy, plot_clean_accuracy
+from nrs_cli.plots import load_result, load_sweep, plot_certified_accuracy, plot_clean_accuracy
 from nrs_cli.serialization import atomic_write_text
 from nrs_cli.sigma import Sigma, constant_sigma, load_sigma
 from nrs_cli.sigma_images import plot_sigmas, robustness_report
@@ -49,19 +50,22 @@ def figures_spec(spec: RunSpec) -> RunSpec:
 
 
 def choose_sigmas(rows: list[dict], count: int) -> list[dict]:
-    """Optimised sigmas worth a Fig. 1 line: on the blanket frontier, near the best accuracy.
+    """Optimised sigmas worth a Fig. 1 line: Pareto-optimal, near the best accuracy.
 
-    Among blanket-filtered anisotropic points with at least 90% of the best
-    accuracy, take ``count`` spread evenly from the most accurate to the one
-    with the largest certified area.
+    Among anisotropic points that no other point beats on both clean accuracy
+    and mean certified area, and with at least 90% of the best accuracy, take
+    ``count`` spread evenly from the most accurate to the largest area.
     """
-    anisotropic = [r for r in rows if r["method"] == "anisotropic"]
-    keep = blanket_filter([(r["mean_log_area"], r["accuracy"]) for r in anisotropic])
-    frontier = [r for r, k in zip(anisotropic, keep) if k]
-    if not frontier:
+    anisotropic = [r for r in rows if r["method"] == "anisotropic" and math.isfinite(r["mean_log_area"])]
+    front = [
+        r for r in anisotropic
+        if not any(o["accuracy"] >= r["accuracy"] and o["mean_log_area"] >= r["mean_log_area"]
+                   and (o["accuracy"], o["mean_log_area"]) != (r["accuracy"], r["mean_log_area"]) for o in anisotropic)
+    ]
+    if not front:
         raise NrsError("the sweep has no optimised sigma with a certified input to plot")
-    best = max(r["accuracy"] for r in frontier)
-    good = sorted((r for r in frontier if r["accuracy"] >= 0.9 * best), key=lambda r: r["mean_log_area"])
+    best = max(r["accuracy"] for r in front)
+    good = sorted((r for r in front if r["accuracy"] >= 0.9 * best), key=lambda r: r["mean_log_area"])
     if len(good) <= count:
         return good
     picks = sorted({round(k * (len(good) - 1) / (count - 1)) for k in range(count)}) if count > 1 else [0]
