@@ -64,14 +64,12 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
 class CsvLog:
     """A CSV table that gains one flushed row at a time (metrics per epoch)."""
 
-    def __init__(self, path: str | os.PathLike, columns: list[str], append: bool = False):
+    def __init__(self, path: str | os.PathLike, columns: list[str]):
         self.path = Path(path)
         self.columns = columns
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not (append and self.path.is_file())
-        with open(self.path, "w" if fresh else "a", newline="") as handle:
-            if fresh:
-                csv.writer(handle).writerow(columns)
+        with open(self.path, "w", newline="") as handle:
+            csv.writer(handle).writerow(columns)
 
     def append(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as handle:

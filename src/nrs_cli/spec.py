@@ -146,14 +146,6 @@ class RunSpec:
     seed: int = 0
     source: str = ""  # the file the spec was read from (not a YAML key)
 
-    @property
-    def input_dim(self) -> int:
-        """D, the number of input elements (one sigma each)."""
-        dim = 1
-        for size in self.data.input_shape:
-            dim *= size
-        return dim
-
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (for manifests)."""
         raw = dataclasses.asdict(self)
