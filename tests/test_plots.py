@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from nrs_cli import plots
-from nrs_cli.optimize import METRIC_COLUMNS
+from nrs_cli.figures import choose_sigmas
+from nrs_cli.optimize import METRIC_COLUMNS, read_metrics
 from nrs_cli.plots import (
     blanket_filter,
     certified_accuracy_at,
@@ -223,10 +224,13 @@ def test_figures_pipeline_end_to_end_and_resumed(run_cli, trained_mini, tmp_path
                  "fig3-sigma-report.md", "table-certified-accuracy-log-area.md", "table-certified-accuracy-radius.tex"]
     for name in expected:
         assert (out / name).is_file(), name
+    # each chosen sigma is certified next to the isotropic sigma of the same mean
+    chosen = choose_sigmas(read_metrics(runs / "mnist-mini" / "optimize" / "figures"), 2)
     certified = sorted(p.name for p in (runs / "mnist-mini" / "certify").glob("figures-*.tsv"))
-    assert len(certified) == 4 and sum(p.startswith("figures-iso-") for p in certified) == 2
+    assert chosen and len(certified) == 2 * len(chosen)
+    assert sum(p.startswith("figures-iso-") for p in certified) == len(chosen)
     tables = (out / "table-certified-accuracy-log-area.md").read_text()
-    assert tables.count("| anisotropic, from σ =") == 2 and tables.count("| isotropic, σ =") == 2
+    assert tables.count("| anisotropic, from σ =") == len(chosen) == tables.count("| isotropic, σ =")
     # a second run reuses every finished step
     before = {p: p.stat().st_mtime_ns for p in (runs / "mnist-mini").rglob("*.tsv")}
     assert run_cli(*args).code == 0
@@ -234,8 +238,6 @@ def test_figures_pipeline_end_to_end_and_resumed(run_cli, trained_mini, tmp_path
 
 
 def test_figure_sigmas_come_from_the_pareto_front_near_the_best_accuracy():
-    from nrs_cli.figures import choose_sigmas
-
     def row(accuracy, area, name):
         return {"method": "anisotropic", "accuracy": accuracy, "mean_log_area": area, "sigma_file": name}
 
