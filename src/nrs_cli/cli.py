@@ -240,8 +240,6 @@ def _row_progress(progress: Progress, label: str):
     return on_rows
 
 
-
-
 @command("certify")
 def certify_command(
     sigma: str = SIGMA,
