@@ -101,7 +101,7 @@ def write_sweep(run_dir, iso, aniso):
     for method, points in (("isotropic", iso), ("anisotropic", aniso)):
         for k, (area, accuracy) in enumerate(points):
             row = {c: "" for c in METRIC_COLUMNS}
-            row.update(method=method, init=0.25, sub_epoch=0 if method == "isotropic" else k + 1, step=k,
+            row.update(method=method, init=0.1 * (k + 1) if method == "isotropic" else 0.25, sub_epoch=0 if method == "isotropic" else k + 1, step=k,
                        accuracy=accuracy, mean_log_area=area, sigma_file="" if method == "isotropic" else "s.pt")
             lines.append(",".join(str(row[c]) for c in METRIC_COLUMNS))
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
@@ -117,7 +117,7 @@ def test_clean_accuracy_plot_draws_filtered_and_isotropic_points(tmp_path, monke
     lines = {line.get_label(): line for line in axes.get_lines()}
     kept = lines["anisotropic (blanket-filtered)"]
     assert kept.get_xdata().tolist() == [-500, -300] and kept.get_ydata().tolist() == [0.99, 0.97]
-    assert lines["isotropic"].get_xdata().tolist() == [-900, -650, -600]  # sorted by area
+    assert lines["isotropic"].get_xdata().tolist() == [-900, -600, -650]  # in order of sigma, not of area
     scatter = axes.collections[0].get_offsets()
     assert len(scatter) == 3  # the unfiltered points, faint
 

@@ -239,7 +239,9 @@ def plot_clean_accuracy(
                              label=f"{prefix}anisotropic, all rounds")
             axes.plot([p[0] for p in kept], [p[1] for p in kept], "o-", color=color, markersize=3.5,
                       linewidth=1.2, label=f"{prefix}anisotropic (blanket-filtered)")
-            iso = sorted((r["mean_log_area"], r["accuracy"]) for r in sweep.isotropic if math.isfinite(r["mean_log_area"]))
+            # In order of sigma: the path a growing noise level traces (its area is not monotone in sigma).
+            iso = [(r["mean_log_area"], r["accuracy"]) for r in sorted(sweep.isotropic, key=lambda r: r["init"])
+                   if math.isfinite(r["mean_log_area"])]
             if iso:
                 axes.plot([p[0] for p in iso], [p[1] for p in iso], "s--", color=f"C{2 * index + 1}",
                           markersize=3, linewidth=1.0, label=f"{prefix}isotropic")
