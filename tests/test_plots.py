@@ -24,7 +24,7 @@ from nrs_cli.results import CERTIFY_COLUMNS
 from nrs_cli.sigma import Sigma, save_sigma
 from nrs_cli.sigma_images import robustness_report, sigma_to_image
 from nrs_cli.spec import load_spec
-from nrs_cli.tables import latex_table, markdown_table
+from nrs_cli.tables import default_thresholds, latex_table, markdown_table
 
 # (correct, log_area, radius): 6 inputs, 4 correct, one abstention, one wrong
 ROWS = [(1, -300.0, 0.5), (1, -100.0, 0.9), (0, -200.0, 0.4), (1, -300.0, 0.2), (0, float("-inf"), 0.0),
@@ -149,6 +149,15 @@ def test_robustness_report_names_the_noisy_border_and_the_sensitive_centre():
     assert "rows 7-13, columns 7-13" in least.splitlines()[1] and "interior" in least.splitlines()[1]
     colour = robustness_report(Sigma(torch.stack([torch.full((4, 4), v) for v in (0.3, 0.1, 0.2)]), "c"))
     assert "most noise on red, least on green" in colour
+
+
+def test_default_table_thresholds_span_the_bulk_of_the_certificates(tmp_path):
+    areas = np.linspace(-3000, -1000, 101)  # correct inputs, one certificate each
+    radii = np.linspace(0, 1, 101)
+    result = load_result(write_result(tmp_path / "r.tsv", [(1, a, r) for a, r in zip(areas, radii)]))
+    # 10th to 90th percentile: -2800 to -1200, step 400 rounded up to 500, from the multiple below
+    assert default_thresholds([result], "log_area") == [-3000, -2500, -2000, -1500]
+    assert default_thresholds([result], "radius") == [0, 0.25, 0.5, 0.75]  # radii from 0, up to 0.9
 
 
 def test_tables_in_markdown_and_latex(tmp_path):

@@ -12,17 +12,21 @@ COLUMN_NAMES = {"log_area": "certified area", "radius": "l2 radius", "gm_radius"
 
 
 def default_thresholds(results: list[ResultFile], column: str, count: int = 5) -> list[float]:
-    """Round thresholds spanning the certificates of all results (radii from 0)."""
+    """Round thresholds across the bulk of the certificates, up to their 90th percentile.
+
+    Radii start at 0. Log-areas start at the 10th percentile: below it every curve is flat at its
+    clean accuracy, and the minimum of a log-area (thousands of nats below the rest) says nothing.
+    """
     values = np.concatenate([certified_values(r.rows, column)[0] for r in results] or [np.array([])])
     if len(values) == 0:
         return [0.0]
-    low = 0.0 if column != "log_area" else float(values.min())
+    low = 0.0 if column != "log_area" else float(np.quantile(values, 0.1))
     high = float(np.quantile(values, 0.9))
     if high <= low:
         return [round(low, 2)]
     step = _nice_step((high - low) / (count - 1))
     start = math.floor(low / step) * step
-    return [round(start + k * step, 10) for k in range(count) if start + k * step <= high + step / 2]
+    return [round(start + k * step, 10) for k in range(count + 1) if start + k * step <= high]
 
 
 def _nice_step(raw: float) -> float:
