@@ -43,6 +43,10 @@ def test_certify_writes_cohens_columns_then_ours(run_cli, trained_mini, tmp_path
     assert summary["inputs"] == 12 and summary["certified_accuracy"] == sum(r["correct"] == "1" for r in rows) / 12
     assert summary["certified_accuracy"] >= 0.75 and "certified accuracy" in result.stdout
     assert manifest["fingerprint"]["n"] == 100 and manifest["sigma"]["label"] == "0.25"
+    assert summary["samples_per_second"] > 0
+    rerun = certify(run_cli, trained_mini, out, "--sigma", 0.25, *QUICK)  # nothing left to do
+    assert rerun.code == 0 and read_table(out) == rows
+    assert json.loads((tmp_path / "iso.summary.json").read_text()) == summary  # throughput measured before kept
     for row in rows:
         if row["predict"] != "-1":  # isotropic: radius = sigma * Phi^-1(pA_lower) = gm_radius
             assert float(row["radius"]) == pytest.approx(0.25 * float(row["icdf"]), rel=1e-6)

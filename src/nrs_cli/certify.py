@@ -328,8 +328,7 @@ def certify_run(
         return {}
     summary = {**summarize_certify(rows), "samples_per_second": throughput, "sigma": sigma.label,
                "dimension": sigma.values.numel(), **fingerprint}
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", sidecar(out, "summary"))
-    return summary
+    return _write_summary(out, summary)
 
 
 def predict_run(
@@ -358,7 +357,20 @@ def predict_run(
     if not collective.is_main:
         return {}
     summary = {**summarize_predict(rows), "samples_per_second": throughput, "sigma": sigma.label, **fingerprint}
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", sidecar(out, "summary"))
+    return _write_summary(out, summary)
+
+
+def _write_summary(out: str | Path, summary: dict) -> dict:
+    """Save the summary beside the TSV; a rerun with no rows left to do keeps the throughput measured before."""
+    path = sidecar(out, "summary")
+    if math.isnan(summary["samples_per_second"]) and path.is_file():
+        try:
+            previous = json.loads(path.read_text()).get("samples_per_second")
+        except (ValueError, AttributeError):
+            previous = None
+        if isinstance(previous, (int, float)):
+            summary["samples_per_second"] = previous
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", path)
     return summary
 
 
