@@ -101,8 +101,9 @@ def write_sweep(run_dir, iso, aniso):
     for method, points in (("isotropic", iso), ("anisotropic", aniso)):
         for k, (area, accuracy) in enumerate(points):
             row = {c: "" for c in METRIC_COLUMNS}
-            row.update(method=method, init=0.1 * (k + 1) if method == "isotropic" else 0.25, sub_epoch=0 if method == "isotropic" else k + 1, step=k,
-                       accuracy=accuracy, mean_log_area=area, sigma_file="" if method == "isotropic" else "s.pt")
+            isotropic = method == "isotropic"
+            row.update(method=method, init=0.1 * (k + 1) if isotropic else 0.25, sub_epoch=0 if isotropic else k + 1,
+                       step=k, accuracy=accuracy, mean_log_area=area, sigma_file="" if isotropic else "s.pt")
             lines.append(",".join(str(row[c]) for c in METRIC_COLUMNS))
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
 
