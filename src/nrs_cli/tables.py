@@ -26,7 +26,7 @@ def default_thresholds(results: list[ResultFile], column: str, count: int = 5) -
         return [round(low, 2)]
     step = _nice_step((high - low) / (count - 1))
     start = math.floor(low / step) * step
-    return [round(start + k * step, 10) for k in range(count + 1) if start + k * step <= high]
+    return [round(start + k * step, 10) for k in range(count) if start + k * step <= high]
 
 
 def _nice_step(raw: float) -> float:
