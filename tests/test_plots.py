@@ -131,6 +131,17 @@ def test_grey_sigma_image_is_scaled_linearly_to_the_full_range():
     assert sigma_to_image(torch.full((1, 2, 2), 0.3)).tolist() == [[128, 128], [128, 128]]
 
 
+def test_clipped_sigma_image_keeps_its_contrast_despite_one_outlier():
+    values = torch.full((1, 10, 10), 0.2)
+    values[..., :5, :] = 0.4  # the top half tolerates twice the noise
+    values[..., 0, 0] = 5.0  # one ignored corner pixel, far above the rest
+    full_range = sigma_to_image(values)
+    assert full_range[1:5].max() <= 11  # min to max: 0.4 is near black, the halves look alike
+    clipped = sigma_to_image(values, clip=0.01)
+    assert clipped[0, 0] == 255 and (clipped[5:] == 0).all()
+    assert clipped[1:5].min() >= 200  # the top half is bright, as it should read
+
+
 def test_colour_sigma_is_scaled_globally_so_a_colour_bias_stays():
     values = torch.stack([torch.full((2, 2), 0.5), torch.full((2, 2), 0.1), torch.tensor([[0.1, 0.5], [0.3, 0.3]])])
     image = sigma_to_image(values)

@@ -542,6 +542,9 @@ def visualize_sigma_command(
     out: Path = typer.Option(Path("figures/sigma"), help="Output path without extension."),
     colorbar: bool = typer.Option(True, help="Show each image's sigma range on a colour bar."),
     columns: Optional[int] = typer.Option(None, help="Images per row of the grid."),
+    clip: float = typer.Option(
+        0.01, min=0.0, max=0.49, help="Fraction of elements saturated at each end of the grey scale (0: min to max)."
+    ),
     report: bool = typer.Option(True, help="Also write OUT-report.md: where the model tolerates noise and where not."),
 ) -> None:
     """Draw sigma files as images, scaled linearly across all channels (paper Fig 3)."""
@@ -551,7 +554,7 @@ def visualize_sigma_command(
 
     spec = _spec(dataset, {}, [])
     loaded = [load_sigma(path, spec) for path in sigmas]
-    for path in plot_sigmas(loaded, out, colorbar, columns):
+    for path in plot_sigmas(loaded, out, colorbar, columns, clip=clip):
         console.print(f"wrote {path}")
     if report:
         text = "\n".join(robustness_report(sigma) for sigma in loaded)

@@ -1,9 +1,13 @@
 """Sigma as a picture (paper Fig. 3) and what it says about the model.
 
-Each sigma is scaled linearly so its smallest value is black and its largest
-white. Colour sigmas are scaled with one minimum and maximum over all
-channels, not per channel, so a channel the model is less sensitive to stays
-brighter (the paper's "colour bias"). Bright regions are where the smoothed
+Each sigma is scaled linearly from black to white between two values taken
+over all of its elements: its minimum and maximum (the paper), or with
+``clip`` its ``clip`` and ``1 - clip`` quantiles, the elements beyond them
+saturated. Figures clip 1% at each end: a few pixels the model ignores (an
+image corner) can reach many times the sigma of the rest and would otherwise
+leave the picture black. Colour sigmas use one range over all channels, not
+one per channel, so a channel the model is less sensitive to stays brighter
+(the paper's "colour bias"). Bright regions are where the smoothed
 classifier tolerates a lot of noise (features the model barely uses); dark
 regions are where it does not (the features it relies on).
 """
@@ -25,15 +29,22 @@ from nrs_cli.plots import STYLE, save_figure  # noqa: E402
 from nrs_cli.sigma import Sigma  # noqa: E402
 
 
-def sigma_to_image(values: torch.Tensor) -> np.ndarray:
+def sigma_range(values: torch.Tensor, clip: float = 0.0) -> tuple[float, float]:
+    """The sigma drawn black and the sigma drawn white: the ``clip`` and ``1 - clip`` quantiles of all elements."""
+    array = values.detach().double().flatten().cpu().numpy()
+    return float(np.quantile(array, clip)), float(np.quantile(array, 1 - clip))
+
+
+def sigma_to_image(values: torch.Tensor, clip: float = 0.0) -> np.ndarray:
     """uint8 image of a (C, H, W) sigma: (H, W) for one channel, (H, W, 3) for three.
 
-    ``pixel = round(255 * (sigma - min) / (max - min))`` with min and max
-    taken over every element, across channels; a constant sigma is mid-grey.
+    ``pixel = round(255 * clamp((sigma - low) / (high - low), 0, 1))`` with
+    ``low, high = sigma_range(values, clip)`` over every element, across
+    channels (``clip=0``: min and max); a constant sigma is mid-grey.
     """
     array = values.detach().double().cpu().numpy()
-    low, high = float(array.min()), float(array.max())
-    scaled = np.full_like(array, 0.5) if high == low else (array - low) / (high - low)
+    low, high = sigma_range(values, clip)
+    scaled = np.full_like(array, 0.5) if high == low else np.clip((array - low) / (high - low), 0.0, 1.0)
     image = np.rint(scaled * 255).astype(np.uint8)
     if image.shape[0] == 1:
         return image[0]
@@ -52,9 +63,12 @@ def sigma_title(sigma: Sigma) -> str:
 
 def plot_sigmas(
     sigmas: list[Sigma], out_stem: str | Path, colorbar: bool = True, columns: int | None = None,
-    titles: list[str] | None = None,
+    titles: list[str] | None = None, clip: float = 0.01,
 ) -> list[Path]:
-    """A grid of sigma images; the colour bar (grey images) shows each one's sigma range."""
+    """A grid of sigma images; the colour bar (grey images) shows each one's sigma range.
+
+    A range end that saturates elements (``clip`` > 0) is labelled with >= or <=.
+    """
     columns = columns or min(len(sigmas), 4)
     rows = math.ceil(len(sigmas) / columns)
     titles = titles or [sigma_title(s) for s in sigmas]
@@ -63,17 +77,19 @@ def plot_sigmas(
         for axis in axes.flat:
             axis.axis("off")
         for axis, sigma, title in zip(axes.flat, sigmas, titles):
-            image = sigma_to_image(sigma.values)
-            low, high = float(sigma.values.min()), float(sigma.values.max())
+            image = sigma_to_image(sigma.values, clip)
+            low, high = sigma_range(sigma.values, clip)
+            low_label = ("≤" if low > float(sigma.values.min()) else "") + f"{low:.2g}"
+            high_label = ("≥" if high < float(sigma.values.max()) else "") + f"{high:.2g}"
             if image.ndim == 2:
                 shown = axis.imshow(image, cmap="gray", vmin=0, vmax=255)
                 if colorbar:
                     bar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, ticks=[0, 255])
-                    bar.ax.set_yticklabels([f"{low:.2g}", f"{high:.2g}"])
+                    bar.ax.set_yticklabels([low_label, high_label])
                     bar.ax.tick_params(labelsize=7)
             else:
                 axis.imshow(image)
-                axis.set_xlabel(f"σ from {low:.2g} to {high:.2g}", fontsize=7)
+                axis.set_xlabel(f"σ from {low_label} to {high_label}", fontsize=7)
             axis.set_title(title, fontsize=8)
         figure.suptitle("σ per input element (dark: low noise, bright: high noise)", fontsize=8)
         figure.tight_layout()
