@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from linear import SHAPE, Linear2, linear_engine
+from nrs_cli.certify import lower_confidence_bound
 from nrs_cli.models import load_checkpoint
 from nrs_cli.noise import GaussianNoise
 from nrs_cli.optimize import (
+    P_HAT_RANGE,
     SIGMA_BOUNDS,
     algorithm1_step,
     batch_stream,
@@ -64,6 +66,26 @@ def test_sigma_grows_where_the_classifier_does_not_look():
     sigma = log_sigma.detach().exp()
     assert (sigma[..., 2:] > 0.3 * math.exp(0.05 * 25)).all()  # about lr per step, every step
     assert sigma[..., 2:].min() > sigma[..., :2].max()
+
+
+def test_capped_p_hat_leaves_inputs_past_the_certificate_to_the_sigma_term():
+    model = Linear2(half_blind_model().w * 4, 0.0)  # large logits: p_hat between the cap and 1 - 1e-7
+    x, labels = confident_inputs(model)
+    cap = lower_confidence_bound(256, 256, 0.001)  # all 256 votes right: the largest p_A bound CERTIFY gives
+    sigma = torch.full(SHAPE, 0.1)
+    p_hat, _ = linear_engine(model, 128).mean_softmax(x, labels, list(range(len(x))), sigma, 32,
+                                                      GaussianNoise(0, "train"))
+    assert cap < p_hat.min() and p_hat.max() < P_HAT_RANGE[1]
+    gradients = []
+    for p_hat_max in (P_HAT_RANGE[1], cap):
+        log_sigma = sigma.log().requires_grad_(True)
+        optimizer = torch.optim.SGD([log_sigma], lr=0.0)
+        algorithm1_step(linear_engine(model, 128), log_sigma, optimizer, x, labels, list(range(len(x))), 32,
+                        GaussianNoise(0, "train"), p_hat_max=p_hat_max)
+        gradients.append(log_sigma.grad)
+    uncapped, capped = gradients
+    assert (uncapped[..., :2] > -1.0).all()  # without the cap the sure inputs still hold sigma down
+    assert torch.equal(capped, torch.full_like(capped, -1.0))  # with it only sum log sigma is left
 
 
 @pytest.mark.parametrize("lr", [1e6, 1e-12])
@@ -200,6 +222,7 @@ def test_bad_sweep_options(run_cli, trained_mini, tmp_path):
         (["--inits", 0], "must be at least 1"),
         (["--eval-alpha", 2], "alpha must lie strictly between 0 and 1"),
         (["--lr", 0], "lr and lr_decay must be positive"),
+        (["--eval-n", 4, "--cap-p-hat"], "cap_p_hat needs an evaluation that can certify"),
     ]:
         result = run_cli(*base, *args)
         assert result.code == 2 and message in result.stderr, result.stderr

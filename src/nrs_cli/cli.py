@@ -375,6 +375,11 @@ def optimize_sigma_command(
     n0: Optional[int] = typer.Option(None, help="Noise samples per input per step [spec: optimize.n0]."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate on log(sigma) [spec: optimize.lr]."),
     lr_decay: Optional[float] = typer.Option(None, help="Learning-rate factor per round [spec: optimize.lr_decay]."),
+    cap_p_hat: Optional[bool] = typer.Option(
+        None, "--cap-p-hat/--no-cap-p-hat",
+        help="Clamp p_hat at alpha^(1/n) of the evaluation, beyond which CERTIFY's bound cannot grow "
+        "[spec: optimize.cap_p_hat].",
+    ),
     eval_n0: Optional[int] = typer.Option(None, help="CERTIFY n0 of the evaluations [spec: optimize.eval_n0]."),
     eval_n: Optional[int] = typer.Option(None, help="CERTIFY n of the evaluations [spec: optimize.eval_n]."),
     eval_alpha: Optional[float] = typer.Option(None, help="CERTIFY alpha of the evaluations [spec: optimize.eval_alpha]."),
@@ -412,9 +417,9 @@ def optimize_sigma_command(
             "optimize.init": init, "optimize.init_step": init_step, "optimize.inits": inits,
             "optimize.sub_epochs": sub_epochs, "optimize.steps_per_sub_epoch": steps,
             "optimize.batch_size": batch_size, "optimize.n0": n0, "optimize.lr": lr, "optimize.lr_decay": lr_decay,
-            "optimize.eval_n0": eval_n0, "optimize.eval_n": eval_n, "optimize.eval_alpha": eval_alpha,
-            "optimize.eval_max": eval_max, "optimize.baseline": baseline, "optimize.baseline_step": baseline_step,
-            "data.train_size": train_size,
+            "optimize.cap_p_hat": cap_p_hat, "optimize.eval_n0": eval_n0, "optimize.eval_n": eval_n,
+            "optimize.eval_alpha": eval_alpha, "optimize.eval_max": eval_max, "optimize.baseline": baseline,
+            "optimize.baseline_step": baseline_step, "data.train_size": train_size,
             "engine.chunk_size": batch, "seed": seed, "engine.precision": precision, "engine.device": device,
         },
         set_,
@@ -427,10 +432,11 @@ def optimize_sigma_command(
     o = spec.optimize
     with distributed(resolve_device(spec.engine.device)) as (collective, target):
         say = _main_console(collective)
+        cap = ", p_hat capped at alpha^(1/n)" if o.cap_p_hat else ""
         say.print(
             f"optimize-sigma: {spec.name}, inits {', '.join(f'{c:g}' for c in sweep_constants(spec))}, "
             f"{o.sub_epochs} rounds x {o.steps_per_sub_epoch or 'a pass of'} steps, batch {o.batch_size} x n0 {o.n0}, "
-            f"lr {o.lr:g} (x{o.lr_decay:g}/round); evaluation n0={o.eval_n0} n={o.eval_n} alpha={o.eval_alpha:g} "
+            f"lr {o.lr:g} (x{o.lr_decay:g}/round){cap}; evaluation n0={o.eval_n0} n={o.eval_n} alpha={o.eval_alpha:g} "
             f"on {o.eval_max if o.eval_max >= 0 else len(test_set)} test inputs; {spec.engine.precision} on {target}"
             + (f" x {collective.world} processes" if collective.world > 1 else "") + f" -> {run_dir}"
         )

@@ -10,7 +10,10 @@ samples) maximise the certified-area objective
 
     O_CA = sum_k log sigma_k + D mean_i log Phi^-1(p_hat_i),
 
-with ``p_hat`` clamped into (1/2, 1) first. The base network is frozen; only
+with ``p_hat`` clamped into (1/2, 1) first. With ``cap_p_hat`` the upper
+clamp is instead the largest p_A lower bound the evaluation's CERTIFY can give,
+``alpha^(1/n)`` (all n votes right): an input already that sure cannot certify
+more, so its term stops holding sigma down. The base network is frozen; only
 sigma moves. We optimise ``theta = log sigma`` with Adam: sigma stays strictly
 positive without the kink of the paper's ``|sigma|`` at zero, Adam's steps
 become relative changes of sigma, and the ``sum log sigma`` term is linear in
@@ -39,7 +42,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from nrs_cli.certify import Smooth, check_options, inputs_per_group
+from nrs_cli.certify import Smooth, check_options, inputs_per_group, lower_confidence_bound
 from nrs_cli.collective import SINGLE_PROCESS, Collective
 from nrs_cli.data import iterate_batches, selected_indices
 from nrs_cli.errors import NrsError
@@ -79,12 +82,14 @@ def algorithm1_step(
     n0: int,
     noise: GaussianNoise,
     collective: Collective = SINGLE_PROCESS,
+    p_hat_max: float = P_HAT_RANGE[1],
 ) -> StepResult:
     """One gradient step of Algorithm 1 on this process's share of a global batch.
 
     The loss is written as per-process sums so that all-reducing the
     gradient gives exactly the single-process gradient of the global batch:
     ``loss = -(D sum_{i right} log Phi^-1(p_hat_i)) / N_right - sum_k log sigma_k / world``.
+    ``p_hat`` is clamped into ``(1/2, p_hat_max]``.
     """
     dimension = log_sigma.numel()
     p_hat, counts = engine.mean_softmax(images, labels, indices, log_sigma.exp(), n0, noise)
@@ -94,7 +99,7 @@ def algorithm1_step(
     optimizer.zero_grad(set_to_none=True)
     if right_total == 0:  # nothing to certify in this batch: no step
         return StepResult(math.nan, math.nan, 0, total)
-    radii = torch.special.ndtri(p_hat.double().clamp(*P_HAT_RANGE))
+    radii = torch.special.ndtri(p_hat.double().clamp(P_HAT_RANGE[0], p_hat_max))
     area_terms = dimension * radii.log()[right].sum()
     loss = -area_terms / right_total - log_sigma.double().sum() / collective.world
     loss.backward()
@@ -188,6 +193,9 @@ def _check(spec: RunSpec) -> None:
         raise NrsError(f"optimize: every initial sigma must be positive (init {o.init}, step {o.init_step})")
     if o.baseline_step is not None and o.baseline_step <= 0:
         raise NrsError(f"optimize: baseline_step must be positive (got {o.baseline_step})")
+    if o.cap_p_hat and lower_confidence_bound(o.eval_n, o.eval_n, o.eval_alpha) <= 0.5:
+        raise NrsError(f"optimize: cap_p_hat needs an evaluation that can certify: alpha^(1/n) = "
+                       f"{o.eval_alpha}^(1/{o.eval_n}) is not above 1/2 (raise eval_n)")
     if o.lr <= 0 or o.lr_decay <= 0 or o.steps_per_sub_epoch < 0:
         raise NrsError("optimize: lr and lr_decay must be positive and steps_per_sub_epoch >= 0")
 
@@ -233,6 +241,7 @@ def sweep_run(
     engine = build_engine(model, spec, device)
     eval_indices = selected_indices(len(test_set), 1, o.eval_max)
     steps = o.steps_per_sub_epoch or math.ceil(len(train_set) / o.batch_size)
+    p_hat_max = lower_confidence_bound(o.eval_n, o.eval_n, o.eval_alpha) if o.cap_p_hat else P_HAT_RANGE[1]
     fingerprint = {
         "spec_sha256": spec.digest("data", "optimize", "seed"),
         "precision": spec.engine.precision,
@@ -293,7 +302,7 @@ def sweep_run(
                 images, labels = _stack(train_set, mine)
                 noise = GaussianNoise(spec.seed, f"optimize/{init_index}/{step}")
                 result = algorithm1_step(engine, log_sigma, optimizer, images, labels, mine, o.n0, noise,
-                                         collective)
+                                         collective, p_hat_max)
                 losses.append(result.loss)
                 objectives.append(result.objective)
                 emit({"kind": "step", "init": constant, "sub_epoch": round_, "step": step + 1,

@@ -89,6 +89,7 @@ class OptimizeSpec:
     eval_max: int = -1  # test inputs per evaluation (-1: all)
     baseline: bool = True  # also evaluate isotropic sigma over the sweep's range
     baseline_step: Optional[float] = None  # spacing of the isotropic constants (default: init_step)
+    cap_p_hat: bool = False  # clamp p_hat at the largest p_A lower bound the evaluation's CERTIFY can reach
 
 
 @dataclass(frozen=True)
