@@ -52,7 +52,7 @@ from nrs_cli.results import read_csv, write_manifest
 from nrs_cli.sampling import SamplingEngine, build_engine
 from nrs_cli.serialization import atomic_torch_save, atomic_write_text, load_weights_only
 from nrs_cli.sigma import Sigma, constant_sigma, save_sigma
-from nrs_cli.spec import RunSpec
+from nrs_cli.spec import OptimizeSpec, RunSpec
 
 SIGMA_BOUNDS = (1e-6, 1e3)  # pixel units; far beyond any useful noise on [0, 1] images
 P_HAT_RANGE = (0.5 + 1e-6, 1 - 1e-7)  # Phi^-1 is positive and finite inside
@@ -184,6 +184,11 @@ def baseline_constants(spec: RunSpec) -> list[float]:
     return [round(o.init + k * step, 10) for k in range(count)]
 
 
+def p_hat_ceiling(o: OptimizeSpec) -> float:
+    """Upper clamp of p_hat: with ``cap_p_hat`` the evaluation's largest p_A bound ``alpha^(1/n)``, else just below 1."""
+    return lower_confidence_bound(o.eval_n, o.eval_n, o.eval_alpha) if o.cap_p_hat else P_HAT_RANGE[1]
+
+
 def _check(spec: RunSpec) -> None:
     o = spec.optimize
     check_options(o.eval_n0, o.eval_n, o.eval_alpha)
@@ -193,7 +198,7 @@ def _check(spec: RunSpec) -> None:
         raise NrsError(f"optimize: every initial sigma must be positive (init {o.init}, step {o.init_step})")
     if o.baseline_step is not None and o.baseline_step <= 0:
         raise NrsError(f"optimize: baseline_step must be positive (got {o.baseline_step})")
-    if o.cap_p_hat and lower_confidence_bound(o.eval_n, o.eval_n, o.eval_alpha) <= 0.5:
+    if p_hat_ceiling(o) <= P_HAT_RANGE[0]:  # only a cap can be this low
         raise NrsError(f"optimize: cap_p_hat needs an evaluation that can certify: alpha^(1/n) = "
                        f"{o.eval_alpha}^(1/{o.eval_n}) is not above 1/2 (raise eval_n)")
     if o.lr <= 0 or o.lr_decay <= 0 or o.steps_per_sub_epoch < 0:
@@ -241,7 +246,7 @@ def sweep_run(
     engine = build_engine(model, spec, device)
     eval_indices = selected_indices(len(test_set), 1, o.eval_max)
     steps = o.steps_per_sub_epoch or math.ceil(len(train_set) / o.batch_size)
-    p_hat_max = lower_confidence_bound(o.eval_n, o.eval_n, o.eval_alpha) if o.cap_p_hat else P_HAT_RANGE[1]
+    p_hat_max = p_hat_ceiling(o)
     fingerprint = {
         "spec_sha256": spec.digest("data", "optimize", "seed"),
         "precision": spec.engine.precision,
