@@ -17,6 +17,7 @@ from nrs_cli.optimize import (
     algorithm1_step,
     batch_stream,
     compare_to_isotropic,
+    isotropic_front,
     read_metrics,
     sweep_run,
 )
@@ -140,6 +141,19 @@ def test_compare_to_isotropic_interpolates_at_equal_accuracy():
     third = compare_to_isotropic(rows)["anisotropic"][2]
     assert third["nearest_isotropic"]["gain"] == pytest.approx(400.0)  # 0.976 - 0.966 is one point
 
+
+
+def test_gain_is_measured_against_the_isotropic_front():
+    # Two isotropic sigmas at 91.4% (the smaller certifies less) and one that loses both accuracy and area.
+    iso = [(0.914, -1736.7), (0.914, -1659.2), (0.904, -1578.2), (0.896, -1522.6), (0.844, -1415.0),
+           (0.858, -1414.4), (0.802, -1439.9)]
+    assert isotropic_front(iso) == [(0.858, -1414.4), (0.896, -1522.6), (0.904, -1578.2), (0.914, -1659.2)]
+    rows = [{"method": "isotropic", "init": 0.0, "accuracy": a, "mean_log_area": m} for a, m in iso]
+    rows.append({"method": "anisotropic", "init": 0.1, "sub_epoch": 1, "accuracy": 0.914, "mean_log_area": -1359.2,
+                 "sigma_file": "a.pt"})
+    (point,) = compare_to_isotropic(rows)["anisotropic"]
+    assert point["gain_at_equal_accuracy"] == pytest.approx(300.0)  # not 377.5 against the weaker 91.4%
+    assert point["nearest_isotropic"]["gain"] == pytest.approx(300.0)
 
 TINY = {
     "optimize.init": 0.2, "optimize.init_step": 0.2, "optimize.inits": 2, "optimize.sub_epochs": 2,

@@ -398,13 +398,14 @@ def compare_to_isotropic(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Certified-area gain of every anisotropic point over the isotropic curve at equal accuracy.
 
     The isotropic curve is mean log_area as a function of accuracy, linear
-    between its points; a point outside the isotropic accuracy range gets no
-    interpolated gain. ``nearest_isotropic`` is the closest isotropic point
-    within one accuracy point, if any, with its own gain.
+    between the points of its front (``isotropic_front``); a point outside the
+    isotropic accuracy range gets no interpolated gain. ``nearest_isotropic``
+    is the closest front point within one accuracy point, if any, with its
+    own gain.
     """
-    iso = sorted(
-        ((float(r["accuracy"]), float(r["mean_log_area"])) for r in rows
-         if r["method"] == "isotropic" and _finite(r["mean_log_area"])),
+    iso = isotropic_front(
+        [(float(r["accuracy"]), float(r["mean_log_area"])) for r in rows
+         if r["method"] == "isotropic" and _finite(r["mean_log_area"])],
     )
     points = []
     for r in rows:
@@ -424,6 +425,22 @@ def compare_to_isotropic(rows: list[dict[str, Any]]) -> dict[str, Any]:
     gains = [p["gain_at_equal_accuracy"] for p in points if p["gain_at_equal_accuracy"] is not None]
     return {"isotropic": [{"accuracy": a, "mean_log_area": m} for a, m in iso], "anisotropic": points,
             "max_gain_at_equal_accuracy": max(gains) if gains else None}
+
+
+def isotropic_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (accuracy, mean log_area) points no other point matches or beats on both, by accuracy.
+
+    On a fine grid two isotropic sigmas can share an accuracy (the smaller one
+    certifying less), and a large sigma can lose both accuracy and area to a
+    smaller one. Neither is "the isotropic sigma with that accuracy": the
+    comparison is with the best area isotropic smoothing reaches at that
+    accuracy or better.
+    """
+    front: list[tuple[float, float]] = []
+    for accuracy, area in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if not front or area > front[-1][1]:
+            front.append((accuracy, area))
+    return front[::-1]
 
 
 def _interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
