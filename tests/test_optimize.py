@@ -142,7 +142,6 @@ def test_compare_to_isotropic_interpolates_at_equal_accuracy():
     assert third["nearest_isotropic"]["gain"] == pytest.approx(400.0)  # 0.976 - 0.966 is one point
 
 
-
 def test_gain_is_measured_against_the_isotropic_front():
     # Two isotropic sigmas at 91.4% (the smaller certifies less) and one that loses both accuracy and area.
     iso = [(0.914, -1736.7), (0.914, -1659.2), (0.904, -1578.2), (0.896, -1522.6), (0.844, -1415.0),
@@ -154,6 +153,7 @@ def test_gain_is_measured_against_the_isotropic_front():
     (point,) = compare_to_isotropic(rows)["anisotropic"]
     assert point["gain_at_equal_accuracy"] == pytest.approx(300.0)  # not 377.5 against the weaker 91.4%
     assert point["nearest_isotropic"]["gain"] == pytest.approx(300.0)
+
 
 TINY = {
     "optimize.init": 0.2, "optimize.init_step": 0.2, "optimize.inits": 2, "optimize.sub_epochs": 2,
