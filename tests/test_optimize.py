@@ -17,7 +17,7 @@ from nrs_cli.optimize import (
     algorithm1_step,
     batch_stream,
     compare_to_isotropic,
-    isotropic_front,
+    pareto_front,
     read_metrics,
     sweep_run,
 )
@@ -146,7 +146,9 @@ def test_gain_is_measured_against_the_isotropic_front():
     # Two isotropic sigmas at 91.4% (the smaller certifies less) and one that loses both accuracy and area.
     iso = [(0.914, -1736.7), (0.914, -1659.2), (0.904, -1578.2), (0.896, -1522.6), (0.844, -1415.0),
            (0.858, -1414.4), (0.802, -1439.9)]
-    assert isotropic_front(iso) == [(0.858, -1414.4), (0.896, -1522.6), (0.904, -1578.2), (0.914, -1659.2)]
+    assert [iso[i] for i in pareto_front(iso)] == [(0.914, -1659.2), (0.904, -1578.2), (0.896, -1522.6),
+                                                 (0.858, -1414.4)]
+    assert pareto_front([(0.9, -1.0), (0.8, -2.0), (0.9, -1.0)]) == [0, 2]  # identical points both stay
     rows = [{"method": "isotropic", "init": 0.0, "accuracy": a, "mean_log_area": m} for a, m in iso]
     rows.append({"method": "anisotropic", "init": 0.1, "sub_epoch": 1, "accuracy": 0.914, "mean_log_area": -1359.2,
                  "sigma_file": "a.pt"})

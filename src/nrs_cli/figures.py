@@ -26,7 +26,7 @@ from nrs_cli.certify import certify_run
 from nrs_cli.data import load_split
 from nrs_cli.errors import NrsError
 from nrs_cli.models import build_model, load_checkpoint
-from nrs_cli.optimize import read_metrics, sweep_run
+from nrs_cli.optimize import pareto_front, read_metrics, sweep_run
 from nrs_cli.plots import load_result, load_sweep, plot_certified_accuracy, plot_clean_accuracy
 from nrs_cli.serialization import atomic_write_text
 from nrs_cli.sigma import Sigma, constant_sigma, load_sigma
@@ -57,11 +57,7 @@ def choose_sigmas(rows: list[dict], count: int) -> list[dict]:
     ``count`` spread evenly from the most accurate to the largest area.
     """
     anisotropic = [r for r in rows if r["method"] == "anisotropic" and math.isfinite(r["mean_log_area"])]
-    front = [
-        r for r in anisotropic
-        if not any(o["accuracy"] >= r["accuracy"] and o["mean_log_area"] >= r["mean_log_area"]
-                   and (o["accuracy"], o["mean_log_area"]) != (r["accuracy"], r["mean_log_area"]) for o in anisotropic)
-    ]
+    front = [anisotropic[i] for i in pareto_front([(r["accuracy"], r["mean_log_area"]) for r in anisotropic])]
     if not front:
         raise NrsError("the sweep has no optimised sigma with a certified input to plot")
     best = max(r["accuracy"] for r in front)

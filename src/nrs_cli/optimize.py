@@ -398,15 +398,16 @@ def compare_to_isotropic(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Certified-area gain of every anisotropic point over the isotropic curve at equal accuracy.
 
     The isotropic curve is mean log_area as a function of accuracy, linear
-    between the points of its front (``isotropic_front``); a point outside the
-    isotropic accuracy range gets no interpolated gain. ``nearest_isotropic``
-    is the closest front point within one accuracy point, if any, with its
-    own gain.
+    between the points of its Pareto front: on a fine grid two isotropic sigmas
+    can share an accuracy (the smaller certifying less), and a large sigma can
+    lose both accuracy and area to a smaller one; neither is "the isotropic
+    sigma with that accuracy". A point outside the front's accuracy range gets
+    no interpolated gain. ``nearest_isotropic`` is the closest front point
+    within one accuracy point, if any, with its own gain.
     """
-    iso = isotropic_front(
-        [(float(r["accuracy"]), float(r["mean_log_area"])) for r in rows
-         if r["method"] == "isotropic" and _finite(r["mean_log_area"])],
-    )
+    measured = [(float(r["accuracy"]), float(r["mean_log_area"])) for r in rows
+                if r["method"] == "isotropic" and _finite(r["mean_log_area"])]
+    iso = [measured[i] for i in reversed(pareto_front(measured))]  # by increasing accuracy
     points = []
     for r in rows:
         if r["method"] != "anisotropic" or not _finite(r["mean_log_area"]):
@@ -427,20 +428,18 @@ def compare_to_isotropic(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "max_gain_at_equal_accuracy": max(gains) if gains else None}
 
 
-def isotropic_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The (accuracy, mean log_area) points no other point matches or beats on both, by accuracy.
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (accuracy, mean log_area) points no other point matches or beats on both.
 
-    On a fine grid two isotropic sigmas can share an accuracy (the smaller one
-    certifying less), and a large sigma can lose both accuracy and area to a
-    smaller one. Neither is "the isotropic sigma with that accuracy": the
-    comparison is with the best area isotropic smoothing reaches at that
-    accuracy or better.
+    Most accurate first, so the areas increase along the list; identical
+    points are all kept.
     """
-    front: list[tuple[float, float]] = []
-    for accuracy, area in sorted(points, key=lambda p: (-p[0], -p[1])):
-        if not front or area > front[-1][1]:
-            front.append((accuracy, area))
-    return front[::-1]
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front: list[int] = []
+    for i in order:
+        if not front or points[i][1] > points[front[-1]][1] or points[i] == points[front[-1]]:
+            front.append(i)
+    return front
 
 
 def _interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
