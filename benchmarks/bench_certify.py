@@ -87,8 +87,10 @@ def peak_memory(engine, x, sigma, large_n, device) -> str:
     engine.count(x, [0], sigma.values, large_n, noise)
     large = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
     copies = large_n * x[0].numel() * 4
-    return (f"peak memory: after n=1,000 {small / 2**20:,.0f} MiB, after n={large_n:,} {large / 2**20:,.0f} MiB "
-            f"(n copies of the input would add {copies / 2**20:,.0f} MiB)")
+    return (
+        f"peak memory: after n=1,000 {small / 2**20:,.0f} MiB, after n={large_n:,} {large / 2**20:,.0f} MiB "
+        f"(n copies of the input would add {copies / 2**20:,.0f} MiB)"
+    )
 
 
 def main() -> None:
@@ -176,31 +178,55 @@ def main() -> None:
             ]
         )
     cpu = platform.processor() or platform.machine()
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads, {cpu})"
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads, {cpu})"
+    )
     print(f"## CERTIFY, {args.arch} {'x'.join(map(str, shape))}, {where}, torch {torch.__version__}")
     print(f"n0={n0}, n={n}, alpha={alpha}, {args.images} inputs, best/median of {args.rounds} interleaved rounds")
-    print(f"model: {flops / 1e6:.1f} MFLOP per sample; measured matmul limit: fp32 {limit_fp32 / 1e9:.0f} GFLOP/s, "
-          f"bf16 {limit_bf16 / 1e9:.0f} GFLOP/s\n")
-    print(markdown_table(
-        ["implementation", "batch / chunk", "samples/s (best)", "samples/s (median)", "vs per-input loop",
-         "of fp32 limit", "of bf16 limit"],
-        rows,
-    ))
-    print("\nper-input loop batch-size scan (samples/s, best of 2): "
-          + ", ".join(f"{b}: {r['best']:,.0f}" for b, r in scan.items()))
+    print(
+        f"model: {flops / 1e6:.1f} MFLOP per sample; measured matmul limit: fp32 {limit_fp32 / 1e9:.0f} GFLOP/s, "
+        f"bf16 {limit_bf16 / 1e9:.0f} GFLOP/s\n"
+    )
+    print(
+        markdown_table(
+            [
+                "implementation",
+                "batch / chunk",
+                "samples/s (best)",
+                "samples/s (median)",
+                "vs per-input loop",
+                "of fp32 limit",
+                "of bf16 limit",
+            ],
+            rows,
+        )
+    )
+    print(
+        "\nper-input loop batch-size scan (samples/s, best of 2): "
+        + ", ".join(f"{b}: {r['best']:,.0f}" for b, r in scan.items())
+    )
 
     chunk_scan = interleaved(
-        {c: (lambda c=c: engine_certify(SamplingEngine(prepared, classes, shape, device, "fp32", c), sigma, few,
-                                         n0, n, alpha))
-         for c in sorted({32, 64, 128, 256, 512, chunk})},
+        {
+            c: (
+                lambda c=c: engine_certify(
+                    SamplingEngine(prepared, classes, shape, device, "fp32", c), sigma, few, n0, n, alpha
+                )
+            )
+            for c in sorted({32, 64, 128, 256, 512, chunk})
+        },
         rounds=2,
         device=device,
     )
     if args.memory_n:
         print(memory_line)
-    print("engine fp32 chunk-size scan (samples/s, best of 2): "
-          + ", ".join(f"{c}{'*' if c == chunk else ''}: {r['best']:,.0f}" for c, r in chunk_scan.items())
-          + "   (* chosen by the engine)")
+    print(
+        "engine fp32 chunk-size scan (samples/s, best of 2): "
+        + ", ".join(f"{c}{'*' if c == chunk else ''}: {r['best']:,.0f}" for c, r in chunk_scan.items())
+        + "   (* chosen by the engine)"
+    )
 
 
 if __name__ == "__main__":

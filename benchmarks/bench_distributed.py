@@ -46,10 +46,31 @@ def main() -> None:
         rows, first = [], None
         for processes in args.processes:
             out = Path(scratch) / f"p{processes}.tsv"
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                       str(processes), "-m", "nrs_cli", "certify", "--checkpoint", str(checkpoint), "--sigma", "0.25",
-                       "--n0", str(args.n0), "--num-samples", str(args.n), "--stop", str(args.inputs),
-                       "--device", args.device, "--out", str(out)]
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(processes),
+                "-m",
+                "nrs_cli",
+                "certify",
+                "--checkpoint",
+                str(checkpoint),
+                "--sigma",
+                "0.25",
+                "--n0",
+                str(args.n0),
+                "--num-samples",
+                str(args.n),
+                "--stop",
+                str(args.inputs),
+                "--device",
+                args.device,
+                "--out",
+                str(out),
+            ]
             threads = max(1, cores // processes) if args.device == "cpu" else 1
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             started = time.perf_counter()
@@ -59,10 +80,15 @@ def main() -> None:
             rate = summary["samples_per_second"]
             first = first or rate
             rows.append([str(processes), str(threads), f"{rate:,.0f}", f"{rate / first:.2f}x", f"{wall:.1f}"])
-    print(f"## certify under torchrun, mnist_cnn, {args.inputs} inputs, n0={args.n0}, n={args.n}, "
-          f"device {args.device} ({cores} CPU cores)\n")
-    print(markdown_table(["processes", "threads each", "samples/s (all ranks)", "vs 1 process",
-                          "wall s (with start-up)"], rows))
+    print(
+        f"## certify under torchrun, mnist_cnn, {args.inputs} inputs, n0={args.n0}, n={args.n}, "
+        f"device {args.device} ({cores} CPU cores)\n"
+    )
+    print(
+        markdown_table(
+            ["processes", "threads each", "samples/s (all ranks)", "vs 1 process", "wall s (with start-up)"], rows
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -93,8 +93,9 @@ def main() -> None:
     def loop(model):
         log_sigma = torch.full(shape, math.log(0.25), device=device, requires_grad=True)
         optimizer = torch.optim.Adam([log_sigma], lr=0.01)
-        return lambda: sum(per_input_step(model, log_sigma, optimizer, images, labels, args.n0)
-                           for _ in range(args.steps))
+        return lambda: sum(
+            per_input_step(model, log_sigma, optimizer, images, labels, args.n0) for _ in range(args.steps)
+        )
 
     def engine(precision):
         log_sigma = torch.full(shape, math.log(0.25), device=device, requires_grad=True)
@@ -103,8 +104,16 @@ def main() -> None:
 
         def work():
             for step in range(args.steps):
-                algorithm1_step(engines[precision], log_sigma, optimizer, images, labels, indices, args.n0,
-                                GaussianNoise(0, f"bench/{step}"))
+                algorithm1_step(
+                    engines[precision],
+                    log_sigma,
+                    optimizer,
+                    images,
+                    labels,
+                    indices,
+                    args.n0,
+                    GaussianNoise(0, f"bench/{step}"),
+                )
             return args.steps * args.batch_size * args.n0
 
         return work
@@ -124,17 +133,27 @@ def main() -> None:
     limit = matmul_flops_per_second(device, torch.float32)
     sizes = {"nrs algorithm1_step fp32": chunks["fp32"], "nrs algorithm1_step bf16": chunks["bf16"]}
     rows = [
-        [name, str(sizes.get(name, args.n0)), f"{r['best']:,.0f}", f"{r['median']:,.0f}",
-         f"{r['best'] / baseline:.2f}x"]
+        [
+            name,
+            str(sizes.get(name, args.n0)),
+            f"{r['best']:,.0f}",
+            f"{r['median']:,.0f}",
+            f"{r['best'] / baseline:.2f}x",
+        ]
         for name, r in results.items()
     ]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"## Algorithm 1 step, {args.arch} {'x'.join(map(str, shape))}, {where}, torch {torch.__version__}")
-    print(f"batch {args.batch_size} inputs x n0 {args.n0} samples, {args.steps} steps per round, "
-          f"best/median of {args.rounds} interleaved rounds; forward {flops / 1e6:.1f} MFLOP per sample, "
-          f"fp32 matmul limit {limit / 1e9:.0f} GFLOP/s\n")
-    print(markdown_table(["implementation", "samples per pass", "samples/s fwd+bwd (best)", "(median)",
-                          "vs per-input loop"], rows))
+    print(
+        f"batch {args.batch_size} inputs x n0 {args.n0} samples, {args.steps} steps per round, "
+        f"best/median of {args.rounds} interleaved rounds; forward {flops / 1e6:.1f} MFLOP per sample, "
+        f"fp32 matmul limit {limit / 1e9:.0f} GFLOP/s\n"
+    )
+    print(
+        markdown_table(
+            ["implementation", "samples per pass", "samples/s fwd+bwd (best)", "(median)", "vs per-input loop"], rows
+        )
+    )
 
 
 if __name__ == "__main__":

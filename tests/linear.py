@@ -59,5 +59,6 @@ def linear_model(seed: int = 0, c: float = 0.1) -> Linear2:
 
 
 def linear_engine(model: Linear2, chunk_size: int = 64) -> SamplingEngine:
-    return SamplingEngine(prepare_model(model, torch.device("cpu"), False), 2, SHAPE, torch.device("cpu"),
-                          "fp32", chunk_size)
+    return SamplingEngine(
+        prepare_model(model, torch.device("cpu"), False), 2, SHAPE, torch.device("cpu"), "fp32", chunk_size
+    )

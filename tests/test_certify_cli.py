@@ -55,8 +55,13 @@ def test_certify_writes_cohens_columns_then_ours(run_cli, trained_mini, tmp_path
 
 def test_same_seed_different_batch_sizes_give_the_same_rows(run_cli, trained_mini, tmp_path):
     for batch in (7, 64, 300):
-        assert certify(run_cli, trained_mini, tmp_path / f"b{batch}.tsv", "--sigma", 0.3, "--batch", batch, *QUICK).code == 0
-    assert without_time(tmp_path / "b7.tsv") == without_time(tmp_path / "b64.tsv") == without_time(tmp_path / "b300.tsv")
+        assert (
+            certify(run_cli, trained_mini, tmp_path / f"b{batch}.tsv", "--sigma", 0.3, "--batch", batch, *QUICK).code
+            == 0
+        )
+    assert (
+        without_time(tmp_path / "b7.tsv") == without_time(tmp_path / "b64.tsv") == without_time(tmp_path / "b300.tsv")
+    )
     # and another seed draws other noise
     assert certify(run_cli, trained_mini, tmp_path / "s1.tsv", "--sigma", 0.3, "--seed", 1, *QUICK).code == 0
     assert without_time(tmp_path / "s1.tsv") != without_time(tmp_path / "b7.tsv")
@@ -68,7 +73,9 @@ def test_anisotropic_sigma_file_and_two_sided_bound(run_cli, trained_mini, tmp_p
     values[..., :4] = values[..., -4:] = 0.6  # noisier borders
     save_sigma(tmp_path / "sigma.pt", values, spec, method="anisotropic", init=0.2)
     out = tmp_path / "aniso.tsv"
-    assert certify(run_cli, trained_mini, out, "--sigma", tmp_path / "sigma.pt", "--bound", "two-sided", *QUICK).code == 0
+    assert (
+        certify(run_cli, trained_mini, out, "--sigma", tmp_path / "sigma.pt", "--bound", "two-sided", *QUICK).code == 0
+    )
     for row in read_table(out):
         if row["predict"] != "-1":
             R = float(row["icdf"])
@@ -79,8 +86,19 @@ def test_anisotropic_sigma_file_and_two_sided_bound(run_cli, trained_mini, tmp_p
 
 def test_predict(run_cli, trained_mini, tmp_path):
     out = tmp_path / "predict.tsv"
-    result = run_cli("predict", "--checkpoint", trained_mini / "checkpoint.pt", "--out", out, "--sigma", 0.25,
-                     "--n", 100, "--max", 10)
+    result = run_cli(
+        "predict",
+        "--checkpoint",
+        trained_mini / "checkpoint.pt",
+        "--out",
+        out,
+        "--sigma",
+        0.25,
+        "--n",
+        100,
+        "--max",
+        10,
+    )
     assert result.code == 0, result.stderr
     rows = read_table(out)
     assert list(rows[0]) == ["idx", "label", "predict", "correct", "time"] and len(rows) == 10
@@ -88,8 +106,25 @@ def test_predict(run_cli, trained_mini, tmp_path):
 
 
 def launch_certify(trained_mini, out, extra=()):
-    args = [sys.executable, "-m", "nrs_cli", "certify", "--checkpoint", str(trained_mini / "checkpoint.pt"),
-            "--out", str(out), "--sigma", "0.25", "--n0", "20", "--n", "400", "--max", "60", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "nrs_cli",
+        "certify",
+        "--checkpoint",
+        str(trained_mini / "checkpoint.pt"),
+        "--out",
+        str(out),
+        "--sigma",
+        "0.25",
+        "--n0",
+        "20",
+        "--n",
+        "400",
+        "--max",
+        "60",
+        *extra,
+    ]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from linear import SHAPE, linear_engine, linear_model
 from scipy.stats import norm
 
-from linear import SHAPE, linear_engine, linear_model
 from nrs_cli.certify import (
     ABSTAIN,
     Smooth,
@@ -52,8 +52,11 @@ def test_certified_ellipsoid_is_sound_against_the_exact_smoothed_classifier():
         assert cert.icdf <= exact_R[i]  # the Monte Carlo certificate never claims more than the truth
         # points inside the ellipsoid ||delta / sigma|| < R: the worst one and random ones keep g's label
         u = torch.randn((200, *SHAPE), generator=generator, dtype=torch.float64)
-        u = u / u.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * torch.rand(200, 1, 1, 1, generator=generator,
-                                                                          dtype=torch.float64)
+        u = (
+            u
+            / u.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            * torch.rand(200, 1, 1, 1, generator=generator, dtype=torch.float64)
+        )
         u = torch.cat([u, model.worst_direction(x[i : i + 1], sigma.values) * 0.999999])
         delta = cert.icdf * sigma.values.double() * u
         assert (model.label(x[i].double() + delta) == truth[i]).all()
@@ -131,9 +134,7 @@ def test_monte_carlo_pA_lower_covers_the_exact_pA():
     certificates = smooth.certify(x, list(range(len(x))), n0=32, n=50, alpha=alpha)
     exact = model.p_top(x, sigma.values)
     truth = model.label(x)
-    failures = sum(
-        1 for cert, p, t in zip(certificates, exact, truth) if cert.prediction == t and cert.pA_lower > p
-    )
+    failures = sum(1 for cert, p, t in zip(certificates, exact, truth) if cert.prediction == t and cert.pA_lower > p)
     assert failures / len(x) <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / len(x))
 
 

@@ -16,8 +16,17 @@ def test_list_shows_every_registry(run_cli):
 
 def test_version_and_subcommand_help(run_cli):
     assert __version__ in run_cli("--version").stdout
-    for command in (["train-base"], ["certify"], ["predict"], ["optimize-sigma"], ["visualize-sigma"], ["figures"],
-                    ["plot", "certified-accuracy"], ["plot", "clean-accuracy"], ["plot", "table"]):
+    for command in (
+        ["train-base"],
+        ["certify"],
+        ["predict"],
+        ["optimize-sigma"],
+        ["visualize-sigma"],
+        ["figures"],
+        ["plot", "certified-accuracy"],
+        ["plot", "clean-accuracy"],
+        ["plot", "table"],
+    ):
         result = run_cli(*command, "--help")
         assert result.code == 0 and "Usage: nrs" in result.stdout, command
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fixtures import write_cifar_batches, write_image_folder, write_kitti, write_mnist_raw
+
 from nrs_cli.data import DATA_ROOT_ENV, KITTI_CLASSES, kitti_image_label, load_split, resolve_data_root
 from nrs_cli.errors import NrsError
 from nrs_cli.spec import load_spec

@@ -19,11 +19,21 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def torchrun(*args, processes=2, wait=True):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-               "-m", "nrs_cli", *map(str, args)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(processes),
+        "-m",
+        "nrs_cli",
+        *map(str, args),
+    ]
     if not wait:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+        )
     return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
 
 
@@ -36,8 +46,21 @@ def without_time(path):
 
 def certify_args(trained_mini, out, n=100, stop=17):
     # --num-samples and --stop: torchrun's own parser would claim --n and --max as abbreviations
-    return ["certify", "--checkpoint", trained_mini / "checkpoint.pt", "--sigma", 0.3, "--n0", 20,
-            "--num-samples", n, "--stop", stop, "--out", out]
+    return [
+        "certify",
+        "--checkpoint",
+        trained_mini / "checkpoint.pt",
+        "--sigma",
+        0.3,
+        "--n0",
+        20,
+        "--num-samples",
+        n,
+        "--stop",
+        stop,
+        "--out",
+        out,
+    ]
 
 
 def test_distributed_certify_equals_one_process(run_cli, trained_mini, tmp_path):
@@ -56,9 +79,30 @@ def test_distributed_certify_equals_one_process(run_cli, trained_mini, tmp_path)
 
 
 def test_distributed_sweep_matches_one_process(run_cli, trained_mini, tmp_path):
-    args = ["optimize-sigma", "--checkpoint", trained_mini / "checkpoint.pt", "--inits", 1, "--init", 0.3,
-            "--sub-epochs", 2, "--steps", 3, "--batch-size", 16, "--n0", 4, "--eval-max", 20, "--eval-n0", 8,
-            "--eval-n", 32, "--no-baseline"]
+    args = [
+        "optimize-sigma",
+        "--checkpoint",
+        trained_mini / "checkpoint.pt",
+        "--inits",
+        1,
+        "--init",
+        0.3,
+        "--sub-epochs",
+        2,
+        "--steps",
+        3,
+        "--batch-size",
+        16,
+        "--n0",
+        4,
+        "--eval-max",
+        20,
+        "--eval-n0",
+        8,
+        "--eval-n",
+        32,
+        "--no-baseline",
+    ]
     assert run_cli(*args, "--runs-dir", tmp_path / "one").code == 0
     result = torchrun(*args, "--runs-dir", tmp_path / "two")
     assert result.returncode == 0, result.stderr[-2000:]

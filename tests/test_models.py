@@ -113,7 +113,9 @@ def test_refuses_a_checkpoint_for_another_dataset(tmp_path):
     with pytest.raises(NrsError, match=r"trained on mnist \(1x28x28, 10 classes\), which does not match cifar10"):
         load_checkpoint(tmp_path / "m.pt", load_spec("cifar10"))
     # a foreign checkpoint with no dataset recorded still has to fit the network
-    torch.save({"arch": "cifar_resnet20", "state_dict": build_model(load_spec("cifar10"), "cifar_resnet20").state_dict()},
-               tmp_path / "c.pth.tar")
+    torch.save(
+        {"arch": "cifar_resnet20", "state_dict": build_model(load_spec("cifar10"), "cifar_resnet20").state_dict()},
+        tmp_path / "c.pth.tar",
+    )
     with pytest.raises(NrsError, match="does not fit a cifar_resnet20 for mnist"):
         load_checkpoint(tmp_path / "c.pth.tar", spec)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from linear import SHAPE, Linear2, linear_engine
+
 from nrs_cli.certify import lower_confidence_bound
 from nrs_cli.models import load_checkpoint
 from nrs_cli.noise import GaussianNoise
@@ -39,8 +39,16 @@ def confident_inputs(model, count=16):
 
 
 def step(model, log_sigma, optimizer, x, labels, n0=32, seed=0):
-    return algorithm1_step(linear_engine(model, 128), log_sigma, optimizer, x, labels, list(range(len(x))), n0,
-                           GaussianNoise(seed, "train"))
+    return algorithm1_step(
+        linear_engine(model, 128),
+        log_sigma,
+        optimizer,
+        x,
+        labels,
+        list(range(len(x))),
+        n0,
+        GaussianNoise(seed, "train"),
+    )
 
 
 def test_gradient_on_an_ignored_input_is_exactly_minus_one_and_elsewhere_larger():
@@ -74,15 +82,25 @@ def test_capped_p_hat_leaves_inputs_past_the_certificate_to_the_sigma_term():
     x, labels = confident_inputs(model)
     cap = lower_confidence_bound(256, 256, 0.001)  # all 256 votes right: the largest p_A bound CERTIFY gives
     sigma = torch.full(SHAPE, 0.1)
-    p_hat, _ = linear_engine(model, 128).mean_softmax(x, labels, list(range(len(x))), sigma, 32,
-                                                      GaussianNoise(0, "train"))
+    p_hat, _ = linear_engine(model, 128).mean_softmax(
+        x, labels, list(range(len(x))), sigma, 32, GaussianNoise(0, "train")
+    )
     assert cap < p_hat.min() and p_hat.max() < P_HAT_RANGE[1]
     gradients = []
     for p_hat_max in (P_HAT_RANGE[1], cap):
         log_sigma = sigma.log().requires_grad_(True)
         optimizer = torch.optim.SGD([log_sigma], lr=0.0)
-        algorithm1_step(linear_engine(model, 128), log_sigma, optimizer, x, labels, list(range(len(x))), 32,
-                        GaussianNoise(0, "train"), p_hat_max=p_hat_max)
+        algorithm1_step(
+            linear_engine(model, 128),
+            log_sigma,
+            optimizer,
+            x,
+            labels,
+            list(range(len(x))),
+            32,
+            GaussianNoise(0, "train"),
+            p_hat_max=p_hat_max,
+        )
         gradients.append(log_sigma.grad)
     uncapped, capped = gradients
     assert (uncapped[..., :2] > -1.0).all()  # without the cap the sure inputs still hold sigma down
@@ -124,10 +142,22 @@ def test_compare_to_isotropic_interpolates_at_equal_accuracy():
     rows = [
         {"method": "isotropic", "init": 0.2, "accuracy": 0.95, "mean_log_area": -900.0},
         {"method": "isotropic", "init": 0.4, "accuracy": 0.85, "mean_log_area": -700.0},
-        {"method": "anisotropic", "init": 0.2, "sub_epoch": 1, "accuracy": 0.90, "mean_log_area": -300.0,
-         "sigma_file": "a.pt"},
-        {"method": "anisotropic", "init": 0.2, "sub_epoch": 2, "accuracy": 0.99, "mean_log_area": -100.0,
-         "sigma_file": "b.pt"},
+        {
+            "method": "anisotropic",
+            "init": 0.2,
+            "sub_epoch": 1,
+            "accuracy": 0.90,
+            "mean_log_area": -300.0,
+            "sigma_file": "a.pt",
+        },
+        {
+            "method": "anisotropic",
+            "init": 0.2,
+            "sub_epoch": 2,
+            "accuracy": 0.99,
+            "mean_log_area": -100.0,
+            "sigma_file": "b.pt",
+        },
     ]
     summary = compare_to_isotropic(rows)
     first, second = summary["anisotropic"]
@@ -135,8 +165,16 @@ def test_compare_to_isotropic_interpolates_at_equal_accuracy():
     assert first["nearest_isotropic"] is None  # no isotropic point within one accuracy point
     assert second["gain_at_equal_accuracy"] is None  # beyond the isotropic accuracy range
     assert summary["max_gain_at_equal_accuracy"] == pytest.approx(500.0)
-    rows.append({"method": "anisotropic", "init": 0.4, "sub_epoch": 1, "accuracy": 0.966, "mean_log_area": -400.0,
-                 "sigma_file": "c.pt"})
+    rows.append(
+        {
+            "method": "anisotropic",
+            "init": 0.4,
+            "sub_epoch": 1,
+            "accuracy": 0.966,
+            "mean_log_area": -400.0,
+            "sigma_file": "c.pt",
+        }
+    )
     rows.append({"method": "isotropic", "init": 0.1, "accuracy": 0.976, "mean_log_area": -800.0})
     third = compare_to_isotropic(rows)["anisotropic"][2]
     assert third["nearest_isotropic"]["gain"] == pytest.approx(400.0)  # 0.976 - 0.966 is one point
@@ -144,23 +182,50 @@ def test_compare_to_isotropic_interpolates_at_equal_accuracy():
 
 def test_gain_is_measured_against_the_isotropic_front():
     # Two isotropic sigmas at 91.4% (the smaller certifies less) and one that loses both accuracy and area.
-    iso = [(0.914, -1736.7), (0.914, -1659.2), (0.904, -1578.2), (0.896, -1522.6), (0.844, -1415.0),
-           (0.858, -1414.4), (0.802, -1439.9)]
-    assert [iso[i] for i in pareto_front(iso)] == [(0.914, -1659.2), (0.904, -1578.2), (0.896, -1522.6),
-                                                 (0.858, -1414.4)]
+    iso = [
+        (0.914, -1736.7),
+        (0.914, -1659.2),
+        (0.904, -1578.2),
+        (0.896, -1522.6),
+        (0.844, -1415.0),
+        (0.858, -1414.4),
+        (0.802, -1439.9),
+    ]
+    assert [iso[i] for i in pareto_front(iso)] == [
+        (0.914, -1659.2),
+        (0.904, -1578.2),
+        (0.896, -1522.6),
+        (0.858, -1414.4),
+    ]
     assert pareto_front([(0.9, -1.0), (0.8, -2.0), (0.9, -1.0)]) == [0, 2]  # identical points both stay
     rows = [{"method": "isotropic", "init": 0.0, "accuracy": a, "mean_log_area": m} for a, m in iso]
-    rows.append({"method": "anisotropic", "init": 0.1, "sub_epoch": 1, "accuracy": 0.914, "mean_log_area": -1359.2,
-                 "sigma_file": "a.pt"})
+    rows.append(
+        {
+            "method": "anisotropic",
+            "init": 0.1,
+            "sub_epoch": 1,
+            "accuracy": 0.914,
+            "mean_log_area": -1359.2,
+            "sigma_file": "a.pt",
+        }
+    )
     (point,) = compare_to_isotropic(rows)["anisotropic"]
     assert point["gain_at_equal_accuracy"] == pytest.approx(300.0)  # not 377.5 against the weaker 91.4%
     assert point["nearest_isotropic"]["gain"] == pytest.approx(300.0)
 
 
 TINY = {
-    "optimize.init": 0.2, "optimize.init_step": 0.2, "optimize.inits": 2, "optimize.sub_epochs": 2,
-    "optimize.steps_per_sub_epoch": 2, "optimize.batch_size": 8, "optimize.n0": 4, "optimize.eval_max": 12,
-    "optimize.eval_n0": 8, "optimize.eval_n": 24, "optimize.lr": 0.05,
+    "optimize.init": 0.2,
+    "optimize.init_step": 0.2,
+    "optimize.inits": 2,
+    "optimize.sub_epochs": 2,
+    "optimize.steps_per_sub_epoch": 2,
+    "optimize.batch_size": 8,
+    "optimize.n0": 4,
+    "optimize.eval_max": 12,
+    "optimize.eval_n0": 8,
+    "optimize.eval_n": 24,
+    "optimize.lr": 0.05,
 }
 
 
@@ -175,8 +240,10 @@ def tiny_sweep(trained_mini, run_dir, on_event=None):
 
 def comparable(rows):
     """Rows without timings, NaN made comparable."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items() if k != "seconds"}
-            for r in rows]
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items() if k != "seconds"}
+        for r in rows
+    ]
 
 
 class Stop(KeyboardInterrupt):
@@ -206,16 +273,43 @@ def test_resumed_sweep_ends_with_the_same_sigma(trained_mini, tmp_path):
 
 
 def test_optimize_sigma_cli_end_to_end(run_cli, trained_mini, tmp_path):
-    args = ["optimize-sigma", "--checkpoint", trained_mini / "checkpoint.pt", "--runs-dir", tmp_path,
-            "--inits", 2, "--init", 0.25, "--init-step", 0.25, "--sub-epochs", 1, "--steps", 3, "--batch-size", 16,
-            "--n0", 4, "--eval-max", 20, "--eval-n0", 8, "--eval-n", 32]
+    args = [
+        "optimize-sigma",
+        "--checkpoint",
+        trained_mini / "checkpoint.pt",
+        "--runs-dir",
+        tmp_path,
+        "--inits",
+        2,
+        "--init",
+        0.25,
+        "--init-step",
+        0.25,
+        "--sub-epochs",
+        1,
+        "--steps",
+        3,
+        "--batch-size",
+        16,
+        "--n0",
+        4,
+        "--eval-max",
+        20,
+        "--eval-n0",
+        8,
+        "--eval-n",
+        32,
+    ]
     result = run_cli(*args)
     assert result.code == 0, result.stderr
     run = tmp_path / "mnist-mini" / "optimize" / "sweep"
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [(r["method"], r["init"], r["sub_epoch"]) for r in rows] == [
-        ("isotropic", "0.25", "0"), ("isotropic", "0.5", "0"), ("anisotropic", "0.25", "1"),
-        ("anisotropic", "0.5", "1")]
+        ("isotropic", "0.25", "0"),
+        ("isotropic", "0.5", "0"),
+        ("anisotropic", "0.25", "1"),
+        ("anisotropic", "0.5", "1"),
+    ]
     sigma = load_sigma(run / rows[2]["sigma_file"], load_spec("mnist-mini"))
     assert sigma.metadata["method"] == "anisotropic" and sigma.metadata["init"] == 0.25
     assert float(rows[2]["sigma_mean"]) == pytest.approx(float(sigma.values.double().mean()), rel=1e-6)

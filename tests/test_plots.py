@@ -27,19 +27,38 @@ from nrs_cli.spec import load_spec
 from nrs_cli.tables import default_thresholds, latex_table, markdown_table
 
 # (correct, log_area, radius): 6 inputs, 4 correct, one abstention, one wrong
-ROWS = [(1, -300.0, 0.5), (1, -100.0, 0.9), (0, -200.0, 0.4), (1, -300.0, 0.2), (0, float("-inf"), 0.0),
-        (1, -50.0, 1.2)]
+ROWS = [
+    (1, -300.0, 0.5),
+    (1, -100.0, 0.9),
+    (0, -200.0, 0.4),
+    (1, -300.0, 0.2),
+    (0, float("-inf"), 0.0),
+    (1, -50.0, 1.2),
+]
 
 
 def write_result(path, rows, method="anisotropic", init=0.3):
     lines = ["\t".join(CERTIFY_COLUMNS)]
     for i, (correct, area, radius) in enumerate(rows):
-        values = {"idx": i, "label": 1, "predict": 1 if correct else 2, "radius": radius, "correct": correct,
-                  "time": 0.1, "pA_lower": 0.9, "pB_upper": 0.1, "icdf": 1.0, "log_area": area, "gm_radius": radius * 2}
+        values = {
+            "idx": i,
+            "label": 1,
+            "predict": 1 if correct else 2,
+            "radius": radius,
+            "correct": correct,
+            "time": 0.1,
+            "pA_lower": 0.9,
+            "pB_upper": 0.1,
+            "icdf": 1.0,
+            "log_area": area,
+            "gm_radius": radius * 2,
+        }
         lines.append("\t".join(str(values[c]) for c in CERTIFY_COLUMNS))
     path.write_text("\n".join(lines) + "\n")
-    manifest = {"sigma": {"method": method, "init": init},
-                "fingerprint": {"n0": 100, "n": 1000, "alpha": 0.001, "bound": "one-sided"}}
+    manifest = {
+        "sigma": {"method": method, "init": init},
+        "fingerprint": {"n0": 100, "n": 1000, "alpha": 0.001, "bound": "one-sided"},
+    }
     path.with_name(path.stem + ".manifest.json").write_text(json.dumps(manifest))
     return path
 
@@ -48,9 +67,11 @@ def test_certified_accuracy_of_a_hand_made_result(tmp_path):
     rows = load_result(write_result(tmp_path / "r.tsv", ROWS)).rows
     # certified accuracy at x: correct AND certificate >= x, over all 6 inputs
     assert certified_accuracy_at(rows, "log_area", [-1000, -300, -299, -100, -50, -49]) == pytest.approx(
-        [4 / 6, 4 / 6, 2 / 6, 2 / 6, 1 / 6, 0])
+        [4 / 6, 4 / 6, 2 / 6, 2 / 6, 1 / 6, 0]
+    )
     assert certified_accuracy_at(rows, "radius", [0, 0.2, 0.5, 0.6, 1.2, 2]) == pytest.approx(
-        [4 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0])
+        [4 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0]
+    )
     x, y = certified_accuracy_curve(rows, "radius")
     assert x.tolist() == [0.0, 0.2, 0.5, 0.9, 1.2]
     assert y.tolist() == pytest.approx([4 / 6, 3 / 6, 2 / 6, 1 / 6, 0])
@@ -102,8 +123,15 @@ def write_sweep(run_dir, iso, aniso):
         for k, (area, accuracy) in enumerate(points):
             row = {c: "" for c in METRIC_COLUMNS}
             isotropic = method == "isotropic"
-            row.update(method=method, init=0.1 * (k + 1) if isotropic else 0.25, sub_epoch=0 if isotropic else k + 1,
-                       step=k, accuracy=accuracy, mean_log_area=area, sigma_file="" if isotropic else "s.pt")
+            row.update(
+                method=method,
+                init=0.1 * (k + 1) if isotropic else 0.25,
+                sub_epoch=0 if isotropic else k + 1,
+                step=k,
+                accuracy=accuracy,
+                mean_log_area=area,
+                sigma_file="" if isotropic else "s.pt",
+            )
             lines.append(",".join(str(row[c]) for c in METRIC_COLUMNS))
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
 
@@ -226,10 +254,32 @@ def test_visualize_sigma_cli(run_cli, tmp_path):
 
 
 FIGURE_SETTINGS = [
-    "--set", "optimize.init=0.2", "--set", "optimize.init_step=0.3", "--set", "optimize.inits=2",
-    "--set", "optimize.sub_epochs=2", "--set", "optimize.steps_per_sub_epoch=3", "--set", "optimize.batch_size=16",
-    "--set", "optimize.n0=4", "--set", "optimize.eval_max=30", "--set", "optimize.eval_n0=8",
-    "--set", "optimize.eval_n=32", "--set", "certify.n0=10", "--set", "certify.n=60", "--set", "figures.certify_max=25",
+    "--set",
+    "optimize.init=0.2",
+    "--set",
+    "optimize.init_step=0.3",
+    "--set",
+    "optimize.inits=2",
+    "--set",
+    "optimize.sub_epochs=2",
+    "--set",
+    "optimize.steps_per_sub_epoch=3",
+    "--set",
+    "optimize.batch_size=16",
+    "--set",
+    "optimize.n0=4",
+    "--set",
+    "optimize.eval_max=30",
+    "--set",
+    "optimize.eval_n0=8",
+    "--set",
+    "optimize.eval_n=32",
+    "--set",
+    "certify.n0=10",
+    "--set",
+    "certify.n=60",
+    "--set",
+    "figures.certify_max=25",
 ]
 
 
@@ -241,8 +291,14 @@ def test_figures_pipeline_end_to_end_and_resumed(run_cli, trained_mini, tmp_path
     assert result.code == 0, result.stderr
     out = tmp_path / "figures" / "mnist-mini"
     expected = [f"fig1-certified-accuracy-{s}.{e}" for s in ("area", "radius", "gm-radius") for e in ("png", "pdf")]
-    expected += ["fig2-clean-accuracy.png", "fig2-clean-accuracy-unfiltered.pdf", "fig3-sigma.png",
-                 "fig3-sigma-report.md", "table-certified-accuracy-log-area.md", "table-certified-accuracy-radius.tex"]
+    expected += [
+        "fig2-clean-accuracy.png",
+        "fig2-clean-accuracy-unfiltered.pdf",
+        "fig3-sigma.png",
+        "fig3-sigma-report.md",
+        "table-certified-accuracy-log-area.md",
+        "table-certified-accuracy-radius.tex",
+    ]
     for name in expected:
         assert (out / name).is_file(), name
     # each chosen sigma is certified next to the isotropic sigma of the same mean
@@ -262,8 +318,14 @@ def test_figure_sigmas_come_from_the_pareto_front_near_the_best_accuracy():
     def row(accuracy, area, name):
         return {"method": "anisotropic", "accuracy": accuracy, "mean_log_area": area, "sigma_file": name}
 
-    rows = [row(0.976, -746.5, "tied-but-dominated"), row(0.976, -607.6, "most-accurate"),
-            row(0.972, -554.6, "dominated"), row(0.974, -549.3, "front"), row(0.966, -394.7, "largest-area"),
-            row(0.70, -100.0, "too-inaccurate"), {"method": "isotropic", "accuracy": 0.99, "mean_log_area": 0.0}]
+    rows = [
+        row(0.976, -746.5, "tied-but-dominated"),
+        row(0.976, -607.6, "most-accurate"),
+        row(0.972, -554.6, "dominated"),
+        row(0.974, -549.3, "front"),
+        row(0.966, -394.7, "largest-area"),
+        row(0.70, -100.0, "too-inaccurate"),
+        {"method": "isotropic", "accuracy": 0.99, "mean_log_area": 0.0},
+    ]
     assert [r["sigma_file"] for r in choose_sigmas(rows, 2)] == ["most-accurate", "largest-area"]
     assert [r["sigma_file"] for r in choose_sigmas(rows, 3)] == ["most-accurate", "front", "largest-area"]

@@ -1,9 +1,9 @@
 """The Monte Carlo engine: counts, invariance to batching, memory, the differentiable path."""
 
 import torch
+from linear import SHAPE, linear_engine, linear_model
 from torch import nn
 
-from linear import SHAPE, linear_engine, linear_model
 from nrs_cli.noise import NOISE_BLOCK, GaussianNoise, block_seed
 from nrs_cli.sampling import SamplingEngine, chunk_rows, prepare_model
 
@@ -39,8 +39,9 @@ def test_counts_are_invariant_to_chunk_size_and_batching():
     for chunk in (1, 7, NOISE_BLOCK, 333):
         engine = linear_engine(model, chunk)
         assert torch.equal(engine.count(x, indices, sigma, 150, GaussianNoise(0, "p")), reference)
-        one_by_one = torch.cat([engine.count(x[i : i + 1], [indices[i]], sigma, 150, GaussianNoise(0, "p"))
-                                for i in range(6)])
+        one_by_one = torch.cat(
+            [engine.count(x[i : i + 1], [indices[i]], sigma, 150, GaussianNoise(0, "p")) for i in range(6)]
+        )
         assert torch.equal(one_by_one, reference)
     assert reference.sum(1).tolist() == [150] * 6
 
@@ -84,8 +85,9 @@ def test_automatic_chunk_size_is_cache_sized_on_cpu():
     from nrs_cli.spec import load_spec
 
     spec = load_spec("mnist")
-    engine = SamplingEngine(prepare_model(build_model(spec), torch.device("cpu")), 10, (1, 28, 28),
-                            torch.device("cpu"), "fp32")
+    engine = SamplingEngine(
+        prepare_model(build_model(spec), torch.device("cpu")), 10, (1, 28, 28), torch.device("cpu"), "fp32"
+    )
     assert NOISE_BLOCK <= engine.chunk_size <= 256 and engine.chunk_size % NOISE_BLOCK == 0
 
 

@@ -57,8 +57,21 @@ def test_per_element_noise_augmentation_follows_sigma():
 
 
 def test_train_base_cli_writes_checkpoint_metrics_and_manifest(run_cli, tmp_path):
-    result = run_cli("train-base", "--runs-dir", tmp_path, "--name", "quick", "--epochs", 1, "--train-size", 500,
-                     "--noise-sigma", 0.25, "--seed", 3)
+    result = run_cli(
+        "train-base",
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "quick",
+        "--epochs",
+        1,
+        "--train-size",
+        500,
+        "--noise-sigma",
+        0.25,
+        "--seed",
+        3,
+    )
     assert result.code == 0, result.stderr
     assert "test accuracy:" in result.stdout
     run = tmp_path / "mnist-mini" / "quick"

@@ -244,7 +244,12 @@ def _run_table(
     fingerprint = _fingerprint(spec, model, sigma, device, **fingerprint_options)
     engine = build_engine(model, spec, device)
     manifest = {
-        "sigma": {"label": sigma.label, "file": sigma.source, "sha256": sigma.digest, **_plain_metadata(sigma.metadata)},
+        "sigma": {
+            "label": sigma.label,
+            "file": sigma.source,
+            "sha256": sigma.digest,
+            **_plain_metadata(sigma.metadata),
+        },
         "device": str(device),
         "chunk_size": engine.chunk_size,
         "world_size": collective.world,
@@ -276,8 +281,12 @@ def _run_table(
         collective.barrier()  # every shard is complete
         if collective.is_main:
             position = {index: k for k, index in enumerate(wanted)}
-            merged = [row for r in range(world) for row in read_table(shard_path(out, r, world))
-                      if int(row["idx"]) in position]
+            merged = [
+                row
+                for r in range(world)
+                for row in read_table(shard_path(out, r, world))
+                if int(row["idx"]) in position
+            ]
             write_table(out, columns, sorted(merged, key=lambda row: position[int(row["idx"])]))
             write_manifest(sidecar(out, "manifest"), kind, spec, fingerprint=fingerprint, resumed=[], **manifest)
         collective.barrier()
@@ -321,13 +330,31 @@ def certify_run(
     fingerprint = {"n0": options.n0, "n": options.n, "alpha": options.alpha, "bound": options.bound}
     manifest = {"checkpoint": checkpoint, **fingerprint}
     rows, throughput = _run_table(
-        "certify", CERTIFY_COLUMNS, spec, model, sigma, dataset, out, device, fingerprint,
-        options.n0, options.n0 + options.n, evaluate, manifest, on_rows, collective,
+        "certify",
+        CERTIFY_COLUMNS,
+        spec,
+        model,
+        sigma,
+        dataset,
+        out,
+        device,
+        fingerprint,
+        options.n0,
+        options.n0 + options.n,
+        evaluate,
+        manifest,
+        on_rows,
+        collective,
     )
     if not collective.is_main:
         return {}
-    summary = {**summarize_certify(rows), "samples_per_second": throughput, "sigma": sigma.label,
-               "dimension": sigma.values.numel(), **fingerprint}
+    summary = {
+        **summarize_certify(rows),
+        "samples_per_second": throughput,
+        "sigma": sigma.label,
+        "dimension": sigma.values.numel(),
+        **fingerprint,
+    }
     return _write_summary(out, summary)
 
 
@@ -351,8 +378,21 @@ def predict_run(
 
     fingerprint = {"n": options.n, "alpha": options.alpha}
     rows, throughput = _run_table(
-        "predict", PREDICT_COLUMNS, spec, model, sigma, dataset, out, device, fingerprint, options.n, options.n,
-        evaluate, {"checkpoint": checkpoint, **fingerprint}, on_rows, collective,
+        "predict",
+        PREDICT_COLUMNS,
+        spec,
+        model,
+        sigma,
+        dataset,
+        out,
+        device,
+        fingerprint,
+        options.n,
+        options.n,
+        evaluate,
+        {"checkpoint": checkpoint, **fingerprint},
+        on_rows,
+        collective,
     )
     if not collective.is_main:
         return {}

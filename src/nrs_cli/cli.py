@@ -50,7 +50,10 @@ BATCH = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec
 SET = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP)
 SIGMA = typer.Option(..., help="Noise scales: a number (isotropic, pixel units) or a sigma file from optimize-sigma.")
 NUM_SAMPLES = typer.Option(
-    None, "--n", "--num-samples", help="Samples per input for the estimate [spec: certify.n]; --num-samples under torchrun."
+    None,
+    "--n",
+    "--num-samples",
+    help="Samples per input for the estimate [spec: certify.n]; --num-samples under torchrun.",
 )
 ALPHA = typer.Option(None, help="Failure probability [spec: certify.alpha].")
 SPLIT = typer.Option(None, help="train or test [spec: certify.split].")
@@ -131,13 +134,16 @@ def train_base_command(
     lr: Optional[float] = typer.Option(None, help="Learning rate [spec: train.lr]."),
     optimizer: Optional[str] = typer.Option(None, help="adam or sgd [spec: train.optimizer]."),
     noise_sigma: Optional[str] = typer.Option(
-        None, help="Gaussian noise augmentation: a number, or a sigma file for per-element noise [spec: train.noise_sigma]."
+        None,
+        help="Gaussian noise augmentation: a number, or a sigma file for per-element noise [spec: train.noise_sigma].",
     ),
     arch: Optional[str] = typer.Option(None, help="Architecture (see `nrs list archs`) [spec: model.arch]."),
     pretrained: Optional[bool] = typer.Option(
         None, "--pretrained/--no-pretrained", help="Start from torchvision weights [spec: model.pretrained]."
     ),
-    train_size: Optional[int] = typer.Option(None, help="Use a seeded subset of the train split [spec: data.train_size]."),
+    train_size: Optional[int] = typer.Option(
+        None, help="Use a seeded subset of the train split [spec: data.train_size]."
+    ),
     download: Optional[bool] = typer.Option(
         None, "--download/--no-download", help="Let torchvision download missing data [spec: data.download]."
     ),
@@ -182,9 +188,7 @@ def train_base_command(
     run_dir = runs_dir / spec.name / name
     console.print(
         f"train-base: {spec.name} ({spec.model.arch}), {len(train_set)} train / {len(test_set)} test images, "
-        f"{spec.train.epochs} epochs on {target}"
-        + (f", noise sigma {noise.label}" if noise else "")
-        + f" -> {run_dir}"
+        f"{spec.train.epochs} epochs on {target}" + (f", noise sigma {noise.label}" if noise else "") + f" -> {run_dir}"
     )
     for note in (getattr(train_set, "summary", None), getattr(test_set, "summary", None)):
         if note:
@@ -274,9 +278,17 @@ def certify_command(
     from nrs_cli.distributed import distributed
 
     options = {
-        "certify.n0": n0, "certify.n": n, "certify.alpha": alpha, "certify.bound": bound, "certify.split": split,
-        "certify.skip": skip, "certify.max": max_, "engine.chunk_size": batch, "seed": seed,
-        "engine.precision": precision, "engine.device": device,
+        "certify.n0": n0,
+        "certify.n": n,
+        "certify.alpha": alpha,
+        "certify.bound": bound,
+        "certify.split": split,
+        "certify.skip": skip,
+        "certify.max": max_,
+        "engine.chunk_size": batch,
+        "seed": seed,
+        "engine.precision": precision,
+        "engine.device": device,
     }
     spec, model, noise, inputs, checkpoint = _evaluation_inputs(
         dataset, data_root, checkpoint, runs_dir, sigma, options, set_
@@ -288,11 +300,13 @@ def certify_command(
         say.print(
             f"certify: {spec.name} {c.split}, sigma {noise.label}, n0={c.n0} n={c.n} alpha={c.alpha:g} {c.bound}, "
             f"{spec.engine.precision} on {target}"
-            + (f" x {collective.world} processes" if collective.world > 1 else "") + f" -> {out}"
+            + (f" x {collective.world} processes" if collective.world > 1 else "")
+            + f" -> {out}"
         )
         with _progress(say) as progress:
-            summary = certify_run(spec, model, noise, inputs, out, target, str(checkpoint),
-                                  _row_progress(progress, "inputs"), collective)
+            summary = certify_run(
+                spec, model, noise, inputs, out, target, str(checkpoint), _row_progress(progress, "inputs"), collective
+            )
     if not collective.is_main:
         return
     table = Table("certify summary", "", box=None)
@@ -336,8 +350,15 @@ def predict_command(
     from nrs_cli.distributed import distributed
 
     options = {
-        "certify.n": n, "certify.alpha": alpha, "certify.split": split, "certify.skip": skip, "certify.max": max_,
-        "engine.chunk_size": batch, "seed": seed, "engine.precision": precision, "engine.device": device,
+        "certify.n": n,
+        "certify.alpha": alpha,
+        "certify.split": split,
+        "certify.skip": skip,
+        "certify.max": max_,
+        "engine.chunk_size": batch,
+        "seed": seed,
+        "engine.precision": precision,
+        "engine.device": device,
     }
     spec, model, noise, inputs, checkpoint = _evaluation_inputs(
         dataset, data_root, checkpoint, runs_dir, sigma, options, set_
@@ -345,11 +366,13 @@ def predict_command(
     out = out or _default_out(runs_dir, spec, "predict", noise)
     with distributed(resolve_device(spec.engine.device)) as (collective, target):
         say = _main_console(collective)
-        say.print(f"predict: {spec.name} {spec.certify.split}, sigma {noise.label}, n={spec.certify.n} on {target} "
-                  f"-> {out}")
+        say.print(
+            f"predict: {spec.name} {spec.certify.split}, sigma {noise.label}, n={spec.certify.n} on {target} -> {out}"
+        )
         with _progress(say) as progress:
-            summary = predict_run(spec, model, noise, inputs, out, target, str(checkpoint),
-                                  _row_progress(progress, "inputs"), collective)
+            summary = predict_run(
+                spec, model, noise, inputs, out, target, str(checkpoint), _row_progress(progress, "inputs"), collective
+            )
     if not collective.is_main:
         return
     console.print(
@@ -367,7 +390,9 @@ def optimize_sigma_command(
     init: Optional[float] = typer.Option(None, help="First constant sigma of the sweep [spec: optimize.init]."),
     init_step: Optional[float] = typer.Option(None, help="Step between constants [spec: optimize.init_step]."),
     inits: Optional[int] = typer.Option(None, help="Number of constants [spec: optimize.inits]."),
-    sub_epochs: Optional[int] = typer.Option(None, help="Rounds per constant, evaluated after each [spec: optimize.sub_epochs]."),
+    sub_epochs: Optional[int] = typer.Option(
+        None, help="Rounds per constant, evaluated after each [spec: optimize.sub_epochs]."
+    ),
     steps: Optional[int] = typer.Option(
         None, help="Steps per round; 0 is one pass over the train split [spec: optimize.steps_per_sub_epoch]."
     ),
@@ -376,21 +401,28 @@ def optimize_sigma_command(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate on log(sigma) [spec: optimize.lr]."),
     lr_decay: Optional[float] = typer.Option(None, help="Learning-rate factor per round [spec: optimize.lr_decay]."),
     cap_p_hat: Optional[bool] = typer.Option(
-        None, "--cap-p-hat/--no-cap-p-hat",
+        None,
+        "--cap-p-hat/--no-cap-p-hat",
         help="Clamp p_hat at alpha^(1/n) of the evaluation, beyond which CERTIFY's bound cannot grow "
         "[spec: optimize.cap_p_hat].",
     ),
     eval_n0: Optional[int] = typer.Option(None, help="CERTIFY n0 of the evaluations [spec: optimize.eval_n0]."),
     eval_n: Optional[int] = typer.Option(None, help="CERTIFY n of the evaluations [spec: optimize.eval_n]."),
-    eval_alpha: Optional[float] = typer.Option(None, help="CERTIFY alpha of the evaluations [spec: optimize.eval_alpha]."),
+    eval_alpha: Optional[float] = typer.Option(
+        None, help="CERTIFY alpha of the evaluations [spec: optimize.eval_alpha]."
+    ),
     eval_max: Optional[int] = typer.Option(None, help="Test inputs per evaluation, -1 all [spec: optimize.eval_max]."),
     baseline: Optional[bool] = typer.Option(
-        None, "--baseline/--no-baseline", help="Also evaluate isotropic sigma at every constant [spec: optimize.baseline]."
+        None,
+        "--baseline/--no-baseline",
+        help="Also evaluate isotropic sigma at every constant [spec: optimize.baseline].",
     ),
     baseline_step: Optional[float] = typer.Option(
         None, help="Spacing of the isotropic baseline constants (default: init step) [spec: optimize.baseline_step]."
     ),
-    train_size: Optional[int] = typer.Option(None, help="Use a seeded subset of the train split [spec: data.train_size]."),
+    train_size: Optional[int] = typer.Option(
+        None, help="Use a seeded subset of the train split [spec: data.train_size]."
+    ),
     batch: Optional[int] = BATCH,
     seed: Optional[int] = SEED,
     precision: Optional[str] = PRECISION,
@@ -414,13 +446,27 @@ def optimize_sigma_command(
     spec = _spec(
         dataset,
         {
-            "optimize.init": init, "optimize.init_step": init_step, "optimize.inits": inits,
-            "optimize.sub_epochs": sub_epochs, "optimize.steps_per_sub_epoch": steps,
-            "optimize.batch_size": batch_size, "optimize.n0": n0, "optimize.lr": lr, "optimize.lr_decay": lr_decay,
-            "optimize.cap_p_hat": cap_p_hat, "optimize.eval_n0": eval_n0, "optimize.eval_n": eval_n,
-            "optimize.eval_alpha": eval_alpha, "optimize.eval_max": eval_max, "optimize.baseline": baseline,
-            "optimize.baseline_step": baseline_step, "data.train_size": train_size,
-            "engine.chunk_size": batch, "seed": seed, "engine.precision": precision, "engine.device": device,
+            "optimize.init": init,
+            "optimize.init_step": init_step,
+            "optimize.inits": inits,
+            "optimize.sub_epochs": sub_epochs,
+            "optimize.steps_per_sub_epoch": steps,
+            "optimize.batch_size": batch_size,
+            "optimize.n0": n0,
+            "optimize.lr": lr,
+            "optimize.lr_decay": lr_decay,
+            "optimize.cap_p_hat": cap_p_hat,
+            "optimize.eval_n0": eval_n0,
+            "optimize.eval_n": eval_n,
+            "optimize.eval_alpha": eval_alpha,
+            "optimize.eval_max": eval_max,
+            "optimize.baseline": baseline,
+            "optimize.baseline_step": baseline_step,
+            "data.train_size": train_size,
+            "engine.chunk_size": batch,
+            "seed": seed,
+            "engine.precision": precision,
+            "engine.device": device,
         },
         set_,
     )
@@ -438,7 +484,8 @@ def optimize_sigma_command(
             f"{o.sub_epochs} rounds x {o.steps_per_sub_epoch or 'a pass of'} steps, batch {o.batch_size} x n0 {o.n0}, "
             f"lr {o.lr:g} (x{o.lr_decay:g}/round){cap}; evaluation n0={o.eval_n0} n={o.eval_n} alpha={o.eval_alpha:g} "
             f"on {o.eval_max if o.eval_max >= 0 else len(test_set)} test inputs; {spec.engine.precision} on {target}"
-            + (f" x {collective.world} processes" if collective.world > 1 else "") + f" -> {run_dir}"
+            + (f" x {collective.world} processes" if collective.world > 1 else "")
+            + f" -> {run_dir}"
         )
         with _progress(say) as progress:
             task = progress.add_task("sweep", total=None)
@@ -446,7 +493,9 @@ def optimize_sigma_command(
             def on_event(event: dict) -> None:
                 if event["kind"] == "step":
                     progress.update(
-                        task, completed=event["step"], total=event["steps"],
+                        task,
+                        completed=event["step"],
+                        total=event["steps"],
                         description=f"sigma {event['init']:g} round {event['sub_epoch']}: loss {event['loss']:.1f}, "
                         f"right {event['right']:.0%}, sigma mean {event['sigma_mean']:.3f} "
                         f"std {event['sigma_std']:.3f}",
@@ -460,8 +509,7 @@ def optimize_sigma_command(
                         f"({event['seconds']:.0f} s)"
                     )
 
-            result = sweep_run(spec, model, train_set, test_set, run_dir, target, str(checkpoint), collective,
-                               on_event)
+            result = sweep_run(spec, model, train_set, test_set, run_dir, target, str(checkpoint), collective, on_event)
     best = compare_to_isotropic(result.rows)["max_gain_at_equal_accuracy"]
     if best is not None:
         say.print(f"largest certified-area gain over isotropic sigma at equal accuracy: {best:.1f} (log_area)")
@@ -635,7 +683,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
+    ),
 ) -> None:
     """Certified robustness with non-uniform randomized smoothing."""
 

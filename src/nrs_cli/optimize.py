@@ -58,9 +58,24 @@ SIGMA_BOUNDS = (1e-6, 1e3)  # pixel units; far beyond any useful noise on [0, 1]
 P_HAT_RANGE = (0.5 + 1e-6, 1 - 1e-7)  # Phi^-1 is positive and finite inside
 
 METRIC_COLUMNS = [
-    "method", "init", "sub_epoch", "step", "lr", "train_loss", "train_objective", "accuracy", "mean_log_area",
-    "median_radius", "median_gm_radius", "sigma_mean", "sigma_std", "sigma_min", "sigma_max", "gm_sigma",
-    "seconds", "sigma_file",
+    "method",
+    "init",
+    "sub_epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_objective",
+    "accuracy",
+    "mean_log_area",
+    "median_radius",
+    "median_gm_radius",
+    "sigma_mean",
+    "sigma_std",
+    "sigma_min",
+    "sigma_max",
+    "gm_sigma",
+    "seconds",
+    "sigma_file",
 ]
 
 
@@ -185,7 +200,7 @@ def baseline_constants(spec: RunSpec) -> list[float]:
 
 
 def p_hat_ceiling(o: OptimizeSpec) -> float:
-    """Upper clamp of p_hat: with ``cap_p_hat`` the evaluation's largest p_A bound ``alpha^(1/n)``, else just below 1."""
+    """Upper clamp of p_hat: with ``cap_p_hat`` the evaluation's largest p_A bound ``alpha^(1/n)``, else below 1."""
     return lower_confidence_bound(o.eval_n, o.eval_n, o.eval_alpha) if o.cap_p_hat else P_HAT_RANGE[1]
 
 
@@ -199,8 +214,10 @@ def _check(spec: RunSpec) -> None:
     if o.baseline_step is not None and o.baseline_step <= 0:
         raise NrsError(f"optimize: baseline_step must be positive (got {o.baseline_step})")
     if p_hat_ceiling(o) <= P_HAT_RANGE[0]:  # only a cap can be this low
-        raise NrsError(f"optimize: cap_p_hat needs an evaluation that can certify: alpha^(1/n) = "
-                       f"{o.eval_alpha}^(1/{o.eval_n}) is not above 1/2 (raise eval_n)")
+        raise NrsError(
+            f"optimize: cap_p_hat needs an evaluation that can certify: alpha^(1/n) = "
+            f"{o.eval_alpha}^(1/{o.eval_n}) is not above 1/2 (raise eval_n)"
+        )
     if o.lr <= 0 or o.lr_decay <= 0 or o.steps_per_sub_epoch < 0:
         raise NrsError("optimize: lr and lr_decay must be positive and steps_per_sub_epoch >= 0")
 
@@ -265,13 +282,21 @@ def sweep_run(
         collective.barrier()
 
     if collective.is_main and state["position"] == [0, 0] and not state["rows"]:
-        write_manifest(run_dir / "manifest.json", "optimize-sigma", spec, fingerprint=fingerprint,
-                       checkpoint=checkpoint, device=str(device), chunk_size=engine.chunk_size,
-                       world_size=collective.world)
+        write_manifest(
+            run_dir / "manifest.json",
+            "optimize-sigma",
+            spec,
+            fingerprint=fingerprint,
+            checkpoint=checkpoint,
+            device=str(device),
+            chunk_size=engine.chunk_size,
+            world_size=collective.world,
+        )
 
     def evaluate(sigma: Sigma) -> Evaluation:
-        return evaluate_sigma(engine, sigma, test_set, eval_indices, o.eval_n0, o.eval_n, o.eval_alpha, spec.seed,
-                              collective)
+        return evaluate_sigma(
+            engine, sigma, test_set, eval_indices, o.eval_n0, o.eval_n, o.eval_alpha, spec.seed, collective
+        )
 
     if o.baseline and not state["baseline_done"]:
         for constant in baseline_constants(spec):
@@ -306,13 +331,23 @@ def sweep_run(
                 mine = indices[collective.rank :: collective.world]
                 images, labels = _stack(train_set, mine)
                 noise = GaussianNoise(spec.seed, f"optimize/{init_index}/{step}")
-                result = algorithm1_step(engine, log_sigma, optimizer, images, labels, mine, o.n0, noise,
-                                         collective, p_hat_max)
+                result = algorithm1_step(
+                    engine, log_sigma, optimizer, images, labels, mine, o.n0, noise, collective, p_hat_max
+                )
                 losses.append(result.loss)
                 objectives.append(result.objective)
-                emit({"kind": "step", "init": constant, "sub_epoch": round_, "step": step + 1,
-                      "steps": o.sub_epochs * steps, "loss": result.loss, "right": result.right / result.total,
-                      **_sigma_stats(log_sigma.detach().exp())})
+                emit(
+                    {
+                        "kind": "step",
+                        "init": constant,
+                        "sub_epoch": round_,
+                        "step": step + 1,
+                        "steps": o.sub_epochs * steps,
+                        "loss": result.loss,
+                        "right": result.right / result.total,
+                        **_sigma_stats(log_sigma.detach().exp()),
+                    }
+                )
             lr = optimizer.param_groups[0]["lr"]
             for group in optimizer.param_groups:
                 group["lr"] *= o.lr_decay
@@ -321,15 +356,28 @@ def sweep_run(
             sigma = Sigma(values, sigma_file.stem, {"method": "anisotropic", "init": constant})
             evaluation = evaluate(sigma)
             train = [v for v in losses if math.isfinite(v)], [v for v in objectives if math.isfinite(v)]
-            row = _row("anisotropic", constant, round_, round_ * steps, lr, train, evaluation, values, started,
-                       str(sigma_file))
+            row = _row(
+                "anisotropic", constant, round_, round_ * steps, lr, train, evaluation, values, started, str(sigma_file)
+            )
             if collective.is_main:
-                save_sigma(run_dir / sigma_file, values, spec, method="anisotropic", init=constant,
-                           sub_epoch=round_, step=round_ * steps, accuracy=evaluation.accuracy,
-                           mean_log_area=evaluation.mean_log_area, checkpoint=checkpoint)
+                save_sigma(
+                    run_dir / sigma_file,
+                    values,
+                    spec,
+                    method="anisotropic",
+                    init=constant,
+                    sub_epoch=round_,
+                    step=round_ * steps,
+                    accuracy=evaluation.accuracy,
+                    mean_log_area=evaluation.mean_log_area,
+                    checkpoint=checkpoint,
+                )
             state["rows"].append(row)
-            state.update(position=[init_index, round_], log_sigma=log_sigma.detach().cpu().clone(),
-                         optimizer=optimizer.state_dict())
+            state.update(
+                position=[init_index, round_],
+                log_sigma=log_sigma.detach().cpu().clone(),
+                optimizer=optimizer.state_dict(),
+            )
             save(state)
             emit({"kind": "evaluation", **row})
         init_index, done_rounds = init_index + 1, 0
@@ -368,8 +416,14 @@ def _row(method, constant, round_, step, lr, train, evaluation: Evaluation, valu
 def _load_state(run_dir: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
     path = run_dir / "state.pt"
     if not path.is_file():
-        return {"fingerprint": fingerprint, "position": [0, 0], "baseline_done": False, "rows": [],
-                "log_sigma": None, "optimizer": None}
+        return {
+            "fingerprint": fingerprint,
+            "position": [0, 0],
+            "baseline_done": False,
+            "rows": [],
+            "log_sigma": None,
+            "optimizer": None,
+        }
     state = load_weights_only(path, "sweep state")
     old = state.get("fingerprint", {})
     differ = sorted(key for key in set(old) | set(fingerprint) if old.get(key) != fingerprint.get(key))
@@ -405,8 +459,11 @@ def compare_to_isotropic(rows: list[dict[str, Any]]) -> dict[str, Any]:
     no interpolated gain. ``nearest_isotropic`` is the closest front point
     within one accuracy point, if any, with its own gain.
     """
-    measured = [(float(r["accuracy"]), float(r["mean_log_area"])) for r in rows
-                if r["method"] == "isotropic" and _finite(r["mean_log_area"])]
+    measured = [
+        (float(r["accuracy"]), float(r["mean_log_area"]))
+        for r in rows
+        if r["method"] == "isotropic" and _finite(r["mean_log_area"])
+    ]
     iso = [measured[i] for i in reversed(pareto_front(measured))]  # by increasing accuracy
     points = []
     for r in rows:
@@ -416,16 +473,25 @@ def compare_to_isotropic(rows: list[dict[str, Any]]) -> dict[str, Any]:
         interpolated = _interpolate(iso, accuracy)
         near = [p for p in iso if abs(p[0] - accuracy) <= 0.01 + 1e-9]  # one point, whatever the float error
         nearest = min(near, key=lambda p: abs(p[0] - accuracy)) if near else None
-        points.append({
-            "init": r["init"], "sub_epoch": r["sub_epoch"], "accuracy": accuracy, "mean_log_area": area,
-            "gain_at_equal_accuracy": area - interpolated if interpolated is not None else None,
-            "nearest_isotropic": None if nearest is None else {
-                "accuracy": nearest[0], "mean_log_area": nearest[1], "gain": area - nearest[1]},
-            "sigma_file": r["sigma_file"],
-        })
+        points.append(
+            {
+                "init": r["init"],
+                "sub_epoch": r["sub_epoch"],
+                "accuracy": accuracy,
+                "mean_log_area": area,
+                "gain_at_equal_accuracy": area - interpolated if interpolated is not None else None,
+                "nearest_isotropic": None
+                if nearest is None
+                else {"accuracy": nearest[0], "mean_log_area": nearest[1], "gain": area - nearest[1]},
+                "sigma_file": r["sigma_file"],
+            }
+        )
     gains = [p["gain_at_equal_accuracy"] for p in points if p["gain_at_equal_accuracy"] is not None]
-    return {"isotropic": [{"accuracy": a, "mean_log_area": m} for a, m in iso], "anisotropic": points,
-            "max_gain_at_equal_accuracy": max(gains) if gains else None}
+    return {
+        "isotropic": [{"accuracy": a, "mean_log_area": m} for a, m in iso],
+        "anisotropic": points,
+        "max_gain_at_equal_accuracy": max(gains) if gains else None,
+    }
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

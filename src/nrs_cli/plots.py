@@ -211,8 +211,10 @@ def load_sweep(run_dir: str | Path, label: str | None = None) -> SweepPoints:
     o = spec.get("optimize", {})
     note = ""
     if o:
-        note = (f"evaluation: CERTIFY n0={o.get('eval_n0')}, n={o.get('eval_n')}, α={o.get('eval_alpha')}, "
-                f"{o.get('eval_max') if o.get('eval_max', -1) >= 0 else 'all'} test inputs")
+        note = (
+            f"evaluation: CERTIFY n0={o.get('eval_n0')}, n={o.get('eval_n')}, α={o.get('eval_alpha')}, "
+            f"{o.get('eval_max') if o.get('eval_max', -1) >= 0 else 'all'} test inputs"
+        )
     name = label or spec.get("name") or run_dir.name
     return SweepPoints(
         name,
@@ -235,16 +237,39 @@ def plot_clean_accuracy(
             kept = sorted(p for p, k in zip(points, keep) if k)
             color = f"C{2 * index}"
             if unfiltered:
-                axes.scatter([p[0] for p in points], [p[1] for p in points], s=10, color=color, alpha=0.25,
-                             label=f"{prefix}anisotropic, all rounds")
-            axes.plot([p[0] for p in kept], [p[1] for p in kept], "o-", color=color, markersize=3.5,
-                      linewidth=1.2, label=f"{prefix}anisotropic (blanket-filtered)")
+                axes.scatter(
+                    [p[0] for p in points],
+                    [p[1] for p in points],
+                    s=10,
+                    color=color,
+                    alpha=0.25,
+                    label=f"{prefix}anisotropic, all rounds",
+                )
+            axes.plot(
+                [p[0] for p in kept],
+                [p[1] for p in kept],
+                "o-",
+                color=color,
+                markersize=3.5,
+                linewidth=1.2,
+                label=f"{prefix}anisotropic (blanket-filtered)",
+            )
             # In order of sigma: the path a growing noise level traces (its area is not monotone in sigma).
-            iso = [(r["mean_log_area"], r["accuracy"]) for r in sorted(sweep.isotropic, key=lambda r: r["init"])
-                   if math.isfinite(r["mean_log_area"])]
+            iso = [
+                (r["mean_log_area"], r["accuracy"])
+                for r in sorted(sweep.isotropic, key=lambda r: r["init"])
+                if math.isfinite(r["mean_log_area"])
+            ]
             if iso:
-                axes.plot([p[0] for p in iso], [p[1] for p in iso], "s--", color=f"C{2 * index + 1}",
-                          markersize=3, linewidth=1.0, label=f"{prefix}isotropic")
+                axes.plot(
+                    [p[0] for p in iso],
+                    [p[1] for p in iso],
+                    "s--",
+                    color=f"C{2 * index + 1}",
+                    markersize=3,
+                    linewidth=1.0,
+                    label=f"{prefix}isotropic",
+                )
         axes.set_xlabel("mean " + AXES["log_area"])
         axes.set_ylabel("clean accuracy (smoothed, CERTIFY)")
         if title:

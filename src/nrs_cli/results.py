@@ -86,8 +86,19 @@ def _cell(value: Any) -> str:
     return f"{value:.10g}" if isinstance(value, float) else str(value)
 
 
-CERTIFY_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "pB_upper", "icdf",
-                   "log_area", "gm_radius"]
+CERTIFY_COLUMNS = [
+    "idx",
+    "label",
+    "predict",
+    "radius",
+    "correct",
+    "time",
+    "pA_lower",
+    "pB_upper",
+    "icdf",
+    "log_area",
+    "gm_radius",
+]
 PREDICT_COLUMNS = ["idx", "label", "predict", "correct", "time"]
 
 

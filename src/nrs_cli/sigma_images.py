@@ -62,8 +62,12 @@ def sigma_title(sigma: Sigma) -> str:
 
 
 def plot_sigmas(
-    sigmas: list[Sigma], out_stem: str | Path, colorbar: bool = True, columns: int | None = None,
-    titles: list[str] | None = None, clip: float = 0.01,
+    sigmas: list[Sigma],
+    out_stem: str | Path,
+    colorbar: bool = True,
+    columns: int | None = None,
+    titles: list[str] | None = None,
+    clip: float = 0.01,
 ) -> list[Path]:
     """A grid of sigma images; the colour bar (grey images) shows each one's sigma range.
 
@@ -128,8 +132,12 @@ def robustness_report(sigma: Sigma, grid: int = 4, top: int = 3) -> str:
     if channels == 3:
         names = ("red", "green", "blue")
         means = [float(values[c].mean()) for c in range(3)]
-        lines += ["", "Per channel: " + ", ".join(f"{n} {m:.4g}" for n, m in zip(names, means))
-                  + f" (most noise on {names[int(np.argmax(means))]}, least on {names[int(np.argmin(means))]})"]
+        lines += [
+            "",
+            "Per channel: "
+            + ", ".join(f"{n} {m:.4g}" for n, m in zip(names, means))
+            + f" (most noise on {names[int(np.argmax(means))]}, least on {names[int(np.argmin(means))]})",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -180,8 +180,7 @@ def resolve_spec_path(name_or_path: str) -> Path:
     builtin = files("nrs_cli.datasets") / f"{name_or_path}.yaml"
     if not builtin.is_file():
         raise NrsError(
-            f"unknown dataset '{name_or_path}' (built-in: {', '.join(builtin_specs())}; "
-            "or pass a YAML run spec file)"
+            f"unknown dataset '{name_or_path}' (built-in: {', '.join(builtin_specs())}; or pass a YAML run spec file)"
         )
     return Path(str(builtin))
 
@@ -254,9 +253,7 @@ def _build(cls: type, raw: Any, where: str, source: str):
     names = [f.name for f in fields(cls) if f.name not in _NOT_KEYS]
     for key in raw:
         if key not in names:
-            raise NrsError(
-                f"{source}: unknown key '{_join(where, str(key))}' (expected one of: {', '.join(names)})"
-            )
+            raise NrsError(f"{source}: unknown key '{_join(where, str(key))}' (expected one of: {', '.join(names)})")
     values = {}
     for f in fields(cls):
         if f.name in _NOT_KEYS:

@@ -59,9 +59,7 @@ def markdown_table(results: list[ResultFile], column: str, thresholds: list[floa
         "|---|" + "---:|" * len(header),
     ]
     for result, row in zip(results, rows):
-        cells = [
-            (f"**{100 * v:.1f}**" if v == _best(rows, j) else f"{100 * v:.1f}") for j, v in enumerate(row)
-        ]
+        cells = [(f"**{100 * v:.1f}**" if v == _best(rows, j) else f"{100 * v:.1f}") for j, v in enumerate(row)]
         lines.append(f"| {result.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -75,9 +73,7 @@ def latex_table(results: list[ResultFile], column: str, thresholds: list[float])
         r"\hline",
     ]
     for result, row in zip(results, rows):
-        cells = [
-            (f"\\textbf{{{100 * v:.1f}}}" if v == _best(rows, j) else f"{100 * v:.1f}") for j, v in enumerate(row)
-        ]
+        cells = [(f"\\textbf{{{100 * v:.1f}}}" if v == _best(rows, j) else f"{100 * v:.1f}") for j, v in enumerate(row)]
         lines.append(f"{_tex(result.label)} & " + " & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
