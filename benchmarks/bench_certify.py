@@ -73,7 +73,7 @@ def engine_certify(engine, sigma, images, n0, n, alpha):
     group = inputs_per_group(engine.chunk_size, n0, n)
     for start in range(0, len(images), group):
         batch = images[start : start + group]
-        smooth.certify(batch, list(range(start, start + len(batch))), n0, n, alpha)
+        smooth.certify(batch, n0, n, alpha, indices=list(range(start, start + len(batch))))
     return len(images) * (n0 + n)
 
 

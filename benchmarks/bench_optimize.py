@@ -108,9 +108,7 @@ def main() -> None:
                     engines[precision],
                     log_sigma,
                     optimizer,
-                    images,
-                    labels,
-                    indices,
+                    (images, labels, indices),
                     args.n0,
                     GaussianNoise(0, f"bench/{step}"),
                 )

@@ -5,11 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from processes import wait_for_rows
 
 from nrs_cli.models import build_model, save_checkpoint
 from nrs_cli.results import CERTIFY_COLUMNS, read_table
@@ -126,15 +126,6 @@ def launch_certify(trained_mini, out, extra=()):
         *extra,
     ]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_rows(out, rows, process, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        if out.exists() and out.read_text().count("\n") > rows:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the run ended before it could be interrupted")
 
 
 def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):

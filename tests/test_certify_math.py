@@ -16,6 +16,7 @@ from nrs_cli.certify import (
     lower_confidence_bound,
     upper_confidence_bound,
 )
+from nrs_cli.errors import NrsError
 from nrs_cli.sigma import Sigma, constant_sigma
 
 
@@ -39,7 +40,7 @@ def test_certified_ellipsoid_is_sound_against_the_exact_smoothed_classifier():
     model, sigma = linear_model(), anisotropic_sigma()
     x = inputs_with_margins(model, sigma)
     smooth = Smooth(linear_engine(model), sigma, seed=0)
-    certificates = smooth.certify(x, list(range(len(x))), n0=64, n=2000, alpha=0.001)
+    certificates = smooth.certify(x, n0=64, n=2000, alpha=0.001)
     truth = model.label(x)
     exact_R = norm.ppf(model.p_top(x, sigma.values).numpy())
     certified = 0
@@ -131,7 +132,7 @@ def test_monte_carlo_pA_lower_covers_the_exact_pA():
     x = inputs_with_margins(model, sigma, count=400, seed=7)
     alpha = 0.2
     smooth = Smooth(linear_engine(model, chunk_size=512), sigma, seed=11)
-    certificates = smooth.certify(x, list(range(len(x))), n0=32, n=50, alpha=alpha)
+    certificates = smooth.certify(x, n0=32, n=50, alpha=alpha)
     exact = model.p_top(x, sigma.values)
     truth = model.label(x)
     failures = sum(1 for cert, p, t in zip(certificates, exact, truth) if cert.prediction == t and cert.pA_lower > p)
@@ -161,3 +162,20 @@ def test_two_sided_certifies_more_when_the_runner_up_is_small():
     one = certificate(0, *class_bounds(counts, 0, 0.001, "one-sided"), sigma)
     two = certificate(0, *class_bounds(counts, 0, 0.001, "two-sided"), sigma)
     assert two.radius > one.radius > 0
+
+
+def test_smooth_from_model_is_cohens_one_liner_and_keys_noise_by_index():
+    model = linear_model()
+    x = inputs_with_margins(model, constant_sigma(0.3, SHAPE), count=6)
+    smooth = Smooth.from_model(model, 0.3, num_classes=2, input_shape=SHAPE)
+    explicit = Smooth(linear_engine(model), constant_sigma(0.3, SHAPE), seed=0)
+    assert smooth.certify(x, 32, 200, 0.001) == explicit.certify(x, 32, 200, 0.001, indices=list(range(6)))
+    assert smooth.predict(x, 200, 0.001) == explicit.predict(x, 200, 0.001)
+    tensor = Smooth.from_model(model, torch.full(SHAPE, 0.3), num_classes=2)  # the shape comes with the tensor
+    assert tensor.certify(x, 32, 200, 0.001) == smooth.certify(x, 32, 200, 0.001)
+    shifted = smooth.certify(x, 32, 200, 0.001, indices=list(range(100, 106)))  # other indices, other noise
+    assert [c.pA_lower for c in shifted] != [c.pA_lower for c in smooth.certify(x, 32, 200, 0.001)]
+    with pytest.raises(NrsError, match="input_shape"):
+        Smooth.from_model(model, 0.3, num_classes=2)
+    with pytest.raises(NrsError, match="values <= 0"):
+        Smooth.from_model(model, torch.zeros(SHAPE), num_classes=2)

@@ -9,20 +9,14 @@ import torch
 from linear import SHAPE, Linear2, linear_engine
 
 from nrs_cli.certify import lower_confidence_bound
+from nrs_cli.compare import pareto_front
 from nrs_cli.models import load_checkpoint
 from nrs_cli.noise import GaussianNoise
-from nrs_cli.optimize import (
-    P_HAT_RANGE,
-    SIGMA_BOUNDS,
-    algorithm1_step,
-    batch_stream,
-    compare_to_isotropic,
-    pareto_front,
-    read_metrics,
-    sweep_run,
-)
-from nrs_cli.sigma import load_sigma
+from nrs_cli.optimize import P_HAT_RANGE, algorithm1_step, batch_stream
+from nrs_cli.results import read_metrics
+from nrs_cli.sigma import SIGMA_BOUNDS, load_sigma
 from nrs_cli.spec import load_spec
+from nrs_cli.sweep import OptimizeJob, PointDone, compare_to_isotropic, sweep_run
 
 
 def half_blind_model():
@@ -43,9 +37,7 @@ def step(model, log_sigma, optimizer, x, labels, n0=32, seed=0):
         linear_engine(model, 128),
         log_sigma,
         optimizer,
-        x,
-        labels,
-        list(range(len(x))),
+        (x, labels, list(range(len(x)))),
         n0,
         GaussianNoise(seed, "train"),
     )
@@ -94,9 +86,7 @@ def test_capped_p_hat_leaves_inputs_past_the_certificate_to_the_sigma_term():
             linear_engine(model, 128),
             log_sigma,
             optimizer,
-            x,
-            labels,
-            list(range(len(x))),
+            (x, labels, list(range(len(x)))),
             32,
             GaussianNoise(0, "train"),
             p_hat_max=p_hat_max,
@@ -235,7 +225,7 @@ def tiny_sweep(trained_mini, run_dir, on_event=None):
     spec = load_spec("mnist-mini", TINY)
     model, _ = load_checkpoint(trained_mini / "checkpoint.pt", spec)
     train, test = load_split(spec.data, "train"), load_split(spec.data, "test")
-    return sweep_run(spec, model, train, test, run_dir, torch.device("cpu"), on_event=on_event)
+    return sweep_run(OptimizeJob(spec, model, train, test, run_dir, torch.device("cpu")), on_event)
 
 
 def comparable(rows):
@@ -256,7 +246,7 @@ def test_resumed_sweep_ends_with_the_same_sigma(trained_mini, tmp_path):
 
     def interrupt(event):
         seen.append(event)
-        if event["kind"] == "evaluation" and event["method"] == "anisotropic":
+        if isinstance(event, PointDone) and event.row.method == "anisotropic":
             raise Stop  # after the first optimised round was saved
 
     with pytest.raises(Stop):

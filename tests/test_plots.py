@@ -10,7 +10,6 @@ from PIL import Image
 
 from nrs_cli import plots
 from nrs_cli.figures import choose_sigmas
-from nrs_cli.optimize import METRIC_COLUMNS, read_metrics
 from nrs_cli.plots import (
     blanket_filter,
     certified_accuracy_at,
@@ -20,7 +19,7 @@ from nrs_cli.plots import (
     plot_certified_accuracy,
     plot_clean_accuracy,
 )
-from nrs_cli.results import CERTIFY_COLUMNS
+from nrs_cli.results import CERTIFY_COLUMNS, SWEEP_COLUMNS, read_metrics
 from nrs_cli.sigma import Sigma, save_sigma
 from nrs_cli.sigma_images import robustness_report, sigma_to_image
 from nrs_cli.spec import load_spec
@@ -118,10 +117,10 @@ def test_blanket_filter_on_a_hand_made_point_set():
 
 def write_sweep(run_dir, iso, aniso):
     run_dir.mkdir(parents=True)
-    lines = [",".join(METRIC_COLUMNS)]
+    lines = [",".join(SWEEP_COLUMNS)]
     for method, points in (("isotropic", iso), ("anisotropic", aniso)):
         for k, (area, accuracy) in enumerate(points):
-            row = {c: "" for c in METRIC_COLUMNS}
+            row = {c: "" for c in SWEEP_COLUMNS}
             isotropic = method == "isotropic"
             row.update(
                 method=method,
@@ -132,7 +131,7 @@ def write_sweep(run_dir, iso, aniso):
                 mean_log_area=area,
                 sigma_file="" if isotropic else "s.pt",
             )
-            lines.append(",".join(str(row[c]) for c in METRIC_COLUMNS))
+            lines.append(",".join(str(row[c]) for c in SWEEP_COLUMNS))
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 

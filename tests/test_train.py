@@ -11,7 +11,7 @@ from nrs_cli.data import ImageTensorDataset
 from nrs_cli.models import load_checkpoint, model_digest
 from nrs_cli.sigma import Sigma, constant_sigma
 from nrs_cli.spec import load_spec
-from nrs_cli.train import train_base
+from nrs_cli.train import TrainJob, train_base
 
 
 class Spy(nn.Module):
@@ -35,7 +35,7 @@ def train_spy(noise):
     spec = load_spec("mnist-mini", {"train.epochs": 1, "train.batch_size": 256})
     spy = Spy()
     model = nn.Sequential(spy, nn.Flatten(), nn.Linear(784, 10))
-    train_base(model, spec, gray_dataset(), gray_dataset(10), torch.device("cpu"), noise=noise)
+    train_base(TrainJob(spec, model, gray_dataset(), gray_dataset(10), torch.device("cpu"), noise))
     return spy.seen[0] - 128 / 255  # what was added to the clean images
 
 

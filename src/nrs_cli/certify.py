@@ -22,39 +22,17 @@ Each certificate reports:
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
-from torch.utils.data import Dataset
 
-from nrs_cli.collective import SINGLE_PROCESS, Collective
-from nrs_cli.data import iterate_batches, selected_indices
 from nrs_cli.errors import NrsError
-from nrs_cli.models import model_digest
 from nrs_cli.noise import GaussianNoise
-from nrs_cli.results import (
-    CERTIFY_COLUMNS,
-    PREDICT_COLUMNS,
-    ResultTable,
-    read_table,
-    shard_path,
-    sidecar,
-    summarize_certify,
-    summarize_predict,
-    write_manifest,
-    write_table,
-)
-from nrs_cli.sampling import SamplingEngine, build_engine
-from nrs_cli.serialization import atomic_write_text
-from nrs_cli.sigma import Sigma
-from nrs_cli.spec import RunSpec
+from nrs_cli.sampling import SamplingEngine, prepare_model
+from nrs_cli.sigma import Sigma, constant_sigma, validate_sigma
 
 ABSTAIN = -1
 BOUNDS = ("one-sided", "two-sided")
@@ -163,8 +141,42 @@ class Smooth:
         self.sigma = sigma
         self.seed = seed
 
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        sigma: float | torch.Tensor | Sigma,
+        num_classes: int,
+        input_shape: tuple[int, ...] | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        seed: int = 0,
+    ) -> Smooth:
+        """The smoothed classifier of a model, as in Cohen et al.'s ``Smooth(model, num_classes, sigma)``.
+
+        ``sigma`` is a number (isotropic; then ``input_shape`` is needed), a
+        tensor of the input shape, or a :class:`~nrs_cli.sigma.Sigma`. The model
+        takes raw pixels; it is moved to ``device`` and frozen.
+        """
+        if not isinstance(sigma, Sigma):
+            if isinstance(sigma, torch.Tensor):
+                sigma = Sigma(validate_sigma(sigma, tuple(sigma.shape), "sigma"), "sigma")
+            elif input_shape is None:
+                raise NrsError("a constant sigma needs the input_shape of the model's inputs")
+            else:
+                sigma = constant_sigma(float(sigma), input_shape)
+        device = torch.device(device)
+        engine = SamplingEngine(prepare_model(model, device), num_classes, tuple(sigma.values.shape), device, precision)
+        return cls(engine, sigma, seed)
+
     def certify(
-        self, x: torch.Tensor, indices: list[int], n0: int, n: int, alpha: float, bound: str = "one-sided"
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        bound: str = "one-sided",
+        indices: list[int] | None = None,
     ) -> list[Certificate]:
         """CERTIFY (Cohen et al., with Theorem 3.1's ellipsoid) for a batch of inputs.
 
@@ -173,10 +185,11 @@ class Smooth:
         the runner-up from above). With probability at least 1 - alpha over the
         samples, a returned class equals g(x) and g is constant on the ellipsoid
         ``|| delta / sigma || < R``; otherwise the certificate abstains.
+        ``indices`` (default ``0..B-1``) are the inputs' dataset indices: they key the noise.
         """
         check_options(n0, n, alpha, bound)
-        selection = self.sample(x, indices, n0, "selection")
-        estimation = self.sample(x, indices, n, "estimation")
+        selection = self.sample(x, n0, "selection", indices)
+        estimation = self.sample(x, n, "estimation", indices)
         certificates = []
         for counts_selection, counts_estimation in zip(selection, estimation):
             top = int(counts_selection.argmax())
@@ -184,236 +197,20 @@ class Smooth:
             certificates.append(certificate(top, pA_lower, pB_upper, self.sigma))
         return certificates
 
-    def predict(self, x: torch.Tensor, indices: list[int], n: int, alpha: float) -> list[int]:
+    def predict(self, x: torch.Tensor, n: int, alpha: float, indices: list[int] | None = None) -> list[int]:
         """PREDICT (Cohen et al.): the top class if a two-sided binomial test against the
         runner-up rejects equality at level alpha, else ABSTAIN. With probability at
         least 1 - alpha a returned class equals g(x)."""
         check_options(1, n, alpha)
         predictions = []
-        for counts in self.sample(x, indices, n, "predict"):
+        for counts in self.sample(x, n, "predict", indices):
             top2 = counts.argsort(descending=True, stable=True)[:2].tolist()
             count1, count2 = int(counts[top2[0]]), int(counts[top2[1]])
             significant = binomtest(count1, count1 + count2, p=0.5).pvalue <= alpha
             predictions.append(top2[0] if significant else ABSTAIN)
         return predictions
 
-    def sample(self, x: torch.Tensor, indices: list[int], num: int, phase: str) -> torch.Tensor:
+    def sample(self, x: torch.Tensor, num: int, phase: str, indices: list[int] | None = None) -> torch.Tensor:
         """Class counts ``(B, C)`` of ``f(x + sigma * z)`` over ``num`` samples per input."""
+        indices = list(range(len(x))) if indices is None else indices
         return self.engine.count(x, indices, self.sigma.values, num, GaussianNoise(self.seed, phase))
-
-
-def _fingerprint(spec: RunSpec, model: nn.Module, sigma: Sigma, device: torch.device, **options) -> dict:
-    """Everything a result row depends on (and nothing it does not, like chunk sizes)."""
-    return {
-        "data_sha256": spec.digest("data"),
-        "model_sha256": model_digest(model),
-        "sigma_sha256": sigma.digest,
-        "seed": spec.seed,
-        "precision": spec.engine.precision,
-        "device_type": device.type,
-        "split": spec.certify.split,
-        "skip": spec.certify.skip,
-        **options,
-    }
-
-
-def _run_table(
-    kind: str,
-    columns: list[str],
-    spec: RunSpec,
-    model: nn.Module,
-    sigma: Sigma,
-    dataset: Dataset,
-    out: str | Path,
-    device: torch.device,
-    fingerprint_options: dict,
-    selection_samples: int,
-    samples_per_input: int,
-    evaluate: Callable[[Smooth, torch.Tensor, list[int]], list[dict]],
-    manifest: dict,
-    on_rows: Callable[[int, int], None] | None,
-    collective: Collective,
-) -> tuple[list[dict], float]:
-    """The loop shared by certify and predict: resume, evaluate in groups, flush rows.
-
-    In a distributed run rank r takes every world-th selected input, starting
-    at the r-th, into its own resumable shard file; rank 0 then merges the
-    shards in index order into ``out``, the file a single process writes.
-    """
-    wanted = selected_indices(len(dataset), spec.certify.skip, spec.certify.max)
-    fingerprint = _fingerprint(spec, model, sigma, device, **fingerprint_options)
-    engine = build_engine(model, spec, device)
-    manifest = {
-        "sigma": {
-            "label": sigma.label,
-            "file": sigma.source,
-            "sha256": sigma.digest,
-            **_plain_metadata(sigma.metadata),
-        },
-        "device": str(device),
-        "chunk_size": engine.chunk_size,
-        "world_size": collective.world,
-        **manifest,
-    }
-    rank, world = collective.rank, collective.world
-    mine = wanted[rank::world]
-    table = ResultTable(out if world == 1 else shard_path(out, rank, world), columns)
-    done = table.open({**fingerprint, **({"shard": f"{rank} of {world}"} if world > 1 else {})}, manifest, spec, kind)
-    if [int(row["idx"]) for row in done] != mine[: len(done)]:
-        raise NrsError(f"{table.path}: its rows are not the first inputs of this selection (delete it to start over)")
-    smooth = Smooth(engine, sigma, spec.seed)
-    group = inputs_per_group(engine.chunk_size, selection_samples, samples_per_input)
-    started, processed = time.perf_counter(), 0
-    for indices, images, labels in iterate_batches(dataset, mine[len(done) :], group, spec.data.workers):
-        tick = time.perf_counter()
-        rows = evaluate(smooth, images, indices)
-        per_input = (time.perf_counter() - tick) / len(indices)
-        for row, index, label in zip(rows, indices, labels.tolist()):
-            row.update(idx=index, label=label, correct=int(row["predict"] == label), time=f"{per_input:.4f}")
-        table.append(rows)
-        processed += len(indices)
-        if on_rows:
-            on_rows(len(done) + processed, len(mine))
-    work = collective.gather([(processed * samples_per_input, time.perf_counter() - started)])
-    samples, elapsed = sum(s for s, _ in work), max(seconds for _, seconds in work)
-    throughput = samples / elapsed if samples and elapsed > 0 else math.nan
-    if world > 1:
-        collective.barrier()  # every shard is complete
-        if collective.is_main:
-            position = {index: k for k, index in enumerate(wanted)}
-            merged = [
-                row
-                for r in range(world)
-                for row in read_table(shard_path(out, r, world))
-                if int(row["idx"]) in position
-            ]
-            write_table(out, columns, sorted(merged, key=lambda row: position[int(row["idx"])]))
-            write_manifest(sidecar(out, "manifest"), kind, spec, fingerprint=fingerprint, resumed=[], **manifest)
-        collective.barrier()
-    return (read_table(out) if collective.is_main else []), throughput
-
-
-def certify_run(
-    spec: RunSpec,
-    model: nn.Module,
-    sigma: Sigma,
-    dataset: Dataset,
-    out: str | Path,
-    device: torch.device,
-    checkpoint: str = "",
-    on_rows: Callable[[int, int], None] | None = None,
-    collective: Collective = SINGLE_PROCESS,
-) -> dict:
-    """CERTIFY every selected input of a split into a TSV (resumable) and a summary JSON.
-
-    Options come from ``spec.certify`` (n0, n, alpha, bound, split, skip, max),
-    the noise seed from ``spec.seed``, precision and chunking from ``spec.engine``.
-    """
-    options = spec.certify
-    check_options(options.n0, options.n, options.alpha, options.bound)
-
-    def evaluate(smooth: Smooth, images: torch.Tensor, indices: list[int]) -> list[dict]:
-        certificates = smooth.certify(images, indices, options.n0, options.n, options.alpha, options.bound)
-        return [
-            {
-                "predict": c.prediction,
-                "radius": c.radius,
-                "pA_lower": c.pA_lower,
-                "pB_upper": c.pB_upper,
-                "icdf": c.icdf,
-                "log_area": c.log_area,
-                "gm_radius": c.gm_radius,
-            }
-            for c in certificates
-        ]
-
-    fingerprint = {"n0": options.n0, "n": options.n, "alpha": options.alpha, "bound": options.bound}
-    manifest = {"checkpoint": checkpoint, **fingerprint}
-    rows, throughput = _run_table(
-        "certify",
-        CERTIFY_COLUMNS,
-        spec,
-        model,
-        sigma,
-        dataset,
-        out,
-        device,
-        fingerprint,
-        options.n0,
-        options.n0 + options.n,
-        evaluate,
-        manifest,
-        on_rows,
-        collective,
-    )
-    if not collective.is_main:
-        return {}
-    summary = {
-        **summarize_certify(rows),
-        "samples_per_second": throughput,
-        "sigma": sigma.label,
-        "dimension": sigma.values.numel(),
-        **fingerprint,
-    }
-    return _write_summary(out, summary)
-
-
-def predict_run(
-    spec: RunSpec,
-    model: nn.Module,
-    sigma: Sigma,
-    dataset: Dataset,
-    out: str | Path,
-    device: torch.device,
-    checkpoint: str = "",
-    on_rows: Callable[[int, int], None] | None = None,
-    collective: Collective = SINGLE_PROCESS,
-) -> dict:
-    """PREDICT every selected input (n and alpha from ``spec.certify``) into a TSV and summary."""
-    options = spec.certify
-    check_options(1, options.n, options.alpha)
-
-    def evaluate(smooth: Smooth, images: torch.Tensor, indices: list[int]) -> list[dict]:
-        return [{"predict": p} for p in smooth.predict(images, indices, options.n, options.alpha)]
-
-    fingerprint = {"n": options.n, "alpha": options.alpha}
-    rows, throughput = _run_table(
-        "predict",
-        PREDICT_COLUMNS,
-        spec,
-        model,
-        sigma,
-        dataset,
-        out,
-        device,
-        fingerprint,
-        options.n,
-        options.n,
-        evaluate,
-        {"checkpoint": checkpoint, **fingerprint},
-        on_rows,
-        collective,
-    )
-    if not collective.is_main:
-        return {}
-    summary = {**summarize_predict(rows), "samples_per_second": throughput, "sigma": sigma.label, **fingerprint}
-    return _write_summary(out, summary)
-
-
-def _write_summary(out: str | Path, summary: dict) -> dict:
-    """Save the summary beside the TSV; a rerun with no rows left to do keeps the throughput measured before."""
-    path = sidecar(out, "summary")
-    if math.isnan(summary["samples_per_second"]) and path.is_file():
-        try:
-            previous = json.loads(path.read_text()).get("samples_per_second")
-        except (ValueError, AttributeError):
-            previous = None
-        if isinstance(previous, (int, float)):
-            summary["samples_per_second"] = previous
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", path)
-    return summary
-
-
-def _plain_metadata(metadata: dict) -> dict:
-    """Sigma metadata that JSON can hold (tensors and the like are left out)."""
-    return {key: value for key, value in metadata.items() if isinstance(value, (str, int, float, bool, list))}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -46,9 +45,14 @@ CHECKPOINT = typer.Option(
 SEED = typer.Option(None, help="Seed of the noise and of the data order [spec: seed].")
 PRECISION = typer.Option(None, help="fp32 or bf16 [spec: engine.precision].")
 DEVICE = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device].")
-BATCH = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size].")
+CHUNK_SIZE = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size].")
+BATCH_ALIAS = typer.Option(None, "--batch", hidden=True, help="Old name of --chunk-size (Cohen et al.'s --batch).")
 SET = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP)
-SIGMA = typer.Option(..., help="Noise scales: a number (isotropic, pixel units) or a sigma file from optimize-sigma.")
+SIGMA = typer.Option(
+    None,
+    help="Noise scales: a number (isotropic, pixel units) or a sigma file from optimize-sigma "
+    "(default: the best point of the dataset's latest sweep, else the spec's certify.sigma).",
+)
 NUM_SAMPLES = typer.Option(
     None,
     "--n",
@@ -96,19 +100,21 @@ def command(name: str, group: typer.Typer = app) -> Callable:
 
 def _spec(dataset: str, options: dict[str, Any], assignments: list[str]):
     """Load the spec; ``--set KEY=VALUE`` overrides the file, named options override both."""
-    from nrs_cli.spec import load_spec
+    from nrs_cli.spec import load_spec, parse_assignments
 
-    overrides: dict[str, Any] = {}
-    for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        if not sep or not key.strip():
-            raise NrsError(f"--set expects KEY=VALUE, got '{assignment}'")
-        try:
-            overrides[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise NrsError(f"--set {key}: cannot read the value '{value}'") from None
+    overrides = parse_assignments(assignments)
     overrides.update({key: value for key, value in options.items() if value is not None})
     return load_spec(dataset, overrides)
+
+
+def _engine_options(chunk_size, batch, seed, precision, device) -> dict[str, Any]:
+    """Spec overrides of the options every sampling command shares (``--batch`` is ``--chunk-size``'s old name)."""
+    return {
+        "engine.chunk_size": chunk_size if chunk_size is not None else batch,
+        "seed": seed,
+        "engine.precision": precision,
+        "engine.device": device,
+    }
 
 
 def _progress(output: Console = console) -> Progress:
@@ -154,38 +160,30 @@ def train_base_command(
     """Train the base classifier f and save checkpoint, metrics and manifest."""
     from nrs_cli.data import load_split
     from nrs_cli.devices import resolve_device
+    from nrs_cli.layout import RunLayout
     from nrs_cli.models import build_model
-    from nrs_cli.sigma import parse_sigma
-    from nrs_cli.train import train_base_run
+    from nrs_cli.sigma import sigma_number
+    from nrs_cli.train import TrainJob, train_base_run, training_sigma
 
-    scalar_noise = _as_float(noise_sigma)
-    spec = _spec(
-        dataset,
-        {
-            "train.epochs": epochs,
-            "train.batch_size": batch_size,
-            "train.lr": lr,
-            "train.optimizer": optimizer,
-            "train.noise_sigma": scalar_noise,
-            "model.arch": arch,
-            "model.pretrained": pretrained,
-            "data.train_size": train_size,
-            "data.download": download,
-            "seed": seed,
-            "engine.device": device,
-        },
-        set_,
-    )
-    noise = None
-    if noise_sigma is not None and scalar_noise is None:
-        noise = parse_sigma(noise_sigma, spec)
-    elif spec.train.noise_sigma != 0:  # 0 means no augmentation; a negative value is an error
-        noise = parse_sigma(spec.train.noise_sigma, spec)
+    options = {
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.optimizer": optimizer,
+        "train.noise_sigma": sigma_number(noise_sigma) if noise_sigma is not None else None,
+        "model.arch": arch,
+        "model.pretrained": pretrained,
+        "data.train_size": train_size,
+        "data.download": download,
+        "seed": seed,
+        "engine.device": device,
+    }
+    spec = _spec(dataset, options, set_)
+    noise = training_sigma(spec, noise_sigma)
     target = resolve_device(spec.engine.device)
     train_set = load_split(spec.data, "train", data_root)
     test_set = load_split(spec.data, "test", data_root)
-    model = build_model(spec)
-    run_dir = runs_dir / spec.name / name
+    run_dir = RunLayout(runs_dir, spec.name).train_dir(name)
     console.print(
         f"train-base: {spec.name} ({spec.model.arch}), {len(train_set)} train / {len(test_set)} test images, "
         f"{spec.train.epochs} epochs on {target}" + (f", noise sigma {noise.label}" if noise else "") + f" -> {run_dir}"
@@ -193,6 +191,7 @@ def train_base_command(
     for note in (getattr(train_set, "summary", None), getattr(test_set, "summary", None)):
         if note:
             console.print(note)
+    job = TrainJob(spec, build_model(spec), train_set, test_set, target, noise)
     with _progress() as progress:
         task = progress.add_task("epoch 1", total=None)
 
@@ -206,33 +205,37 @@ def train_base_command(
                 f"train {metrics.train_accuracy:.1%}  test {metrics.test_accuracy:.1%}  {metrics.seconds:.1f} s"
             )
 
-        result = train_base_run(spec, model, train_set, test_set, run_dir, target, noise, on_batch, on_epoch)
+        result = train_base_run(job, run_dir, on_batch, on_epoch)
     console.print(f"checkpoint: {result.checkpoint}")
     console.print(f"test accuracy: {result.test_accuracy:.1%}")
 
 
-def _evaluation_inputs(dataset, data_root, checkpoint, runs_dir, sigma, options, set_):
-    """What certify and predict share: spec, model, sigma and the split's inputs."""
+def _smoothed_run(command_name, spec, data_root, checkpoint, runs_dir, sigma, out):
+    """What certify and predict share: model, sigma (given or the default), inputs and output path."""
+    from nrs_cli.certify_runs import SmoothedRun
     from nrs_cli.data import load_split
+    from nrs_cli.devices import resolve_device
+    from nrs_cli.layout import RunLayout, default_sigma
     from nrs_cli.models import load_checkpoint
     from nrs_cli.sigma import parse_sigma
 
-    spec = _spec(dataset, options, set_)
-    checkpoint = checkpoint or runs_dir / spec.name / "base" / "checkpoint.pt"
+    layout = RunLayout(runs_dir, spec.name)
+    checkpoint = layout.base_checkpoint(checkpoint)
     model, _ = load_checkpoint(checkpoint, spec)
-    noise = parse_sigma(sigma, spec)
+    if sigma is None:
+        chosen, why = default_sigma(spec, layout)
+        console.print(f"sigma: {chosen.source or chosen.label} ({why}; pass --sigma to choose)")
+    else:
+        chosen = parse_sigma(sigma, spec)
     inputs = load_split(spec.data, spec.certify.split, data_root)
-    return spec, model, noise, inputs, checkpoint
+    out = out or layout.result_tsv(command_name, chosen, spec.certify.n)
+    device = resolve_device(spec.engine.device)
+    return SmoothedRun(spec, model, chosen, inputs, out, device, str(checkpoint))
 
 
 def _main_console(collective) -> Console:
     """Rank 0 speaks for a distributed job; the other ranks stay quiet."""
     return console if collective.is_main else Console(quiet=True)
-
-
-def _default_out(runs_dir: Path, spec, kind: str, sigma) -> Path:
-    tag = sigma.label if sigma.source else f"iso-{sigma.label}"
-    return runs_dir / spec.name / kind / f"{tag}_n{spec.certify.n}.tsv"
 
 
 def _row_progress(progress: Progress, label: str):
@@ -244,9 +247,25 @@ def _row_progress(progress: Progress, label: str):
     return on_rows
 
 
+def _run_smoothed(run, runner, describe: str) -> dict:
+    """Run certify or predict, under torchrun when launched by it; rank 0 returns the summary."""
+    import dataclasses
+
+    from nrs_cli.distributed import distributed
+
+    with distributed(run.device) as (collective, target):
+        run = dataclasses.replace(run, device=target, collective=collective)
+        say = _main_console(collective)
+        processes = f" x {collective.world} processes" if collective.world > 1 else ""
+        say.print(f"{describe}, {run.spec.engine.precision} on {target}{processes} -> {run.out}")
+        with _progress(say) as progress:
+            summary = runner(run, _row_progress(progress, "inputs"))
+    return summary if collective.is_main else {}
+
+
 @command("certify")
 def certify_command(
-    sigma: str = SIGMA,
+    sigma: Optional[str] = SIGMA,
     dataset: str = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
     n0: Optional[int] = typer.Option(None, help="Selection samples per input [spec: certify.n0]."),
@@ -255,7 +274,8 @@ def certify_command(
     bound: Optional[str] = typer.Option(
         None, help="one-sided (Cohen et al.) or two-sided (also bounds the runner-up) [spec: certify.bound]."
     ),
-    batch: Optional[int] = BATCH,
+    chunk_size: Optional[int] = CHUNK_SIZE,
+    batch: Optional[int] = BATCH_ALIAS,
     split: Optional[str] = SPLIT,
     skip: Optional[int] = SKIP,
     max_: Optional[int] = STOP,
@@ -273,9 +293,7 @@ def certify_command(
     pA_lower pB_upper icdf log_area gm_radius), a summary JSON and a manifest.
     Rerunning the same command resumes after the last complete row.
     """
-    from nrs_cli.certify import certify_run
-    from nrs_cli.devices import resolve_device
-    from nrs_cli.distributed import distributed
+    from nrs_cli.certify_runs import certify_run
 
     options = {
         "certify.n0": n0,
@@ -285,29 +303,15 @@ def certify_command(
         "certify.split": split,
         "certify.skip": skip,
         "certify.max": max_,
-        "engine.chunk_size": batch,
-        "seed": seed,
-        "engine.precision": precision,
-        "engine.device": device,
+        **_engine_options(chunk_size, batch, seed, precision, device),
     }
-    spec, model, noise, inputs, checkpoint = _evaluation_inputs(
-        dataset, data_root, checkpoint, runs_dir, sigma, options, set_
+    run = _smoothed_run("certify", _spec(dataset, options, set_), data_root, checkpoint, runs_dir, sigma, out)
+    c = run.spec.certify
+    describe = (
+        f"certify: {run.spec.name} {c.split}, sigma {run.sigma.label}, n0={c.n0} n={c.n} alpha={c.alpha:g} {c.bound}"
     )
-    out = out or _default_out(runs_dir, spec, "certify", noise)
-    c = spec.certify
-    with distributed(resolve_device(spec.engine.device)) as (collective, target):
-        say = _main_console(collective)
-        say.print(
-            f"certify: {spec.name} {c.split}, sigma {noise.label}, n0={c.n0} n={c.n} alpha={c.alpha:g} {c.bound}, "
-            f"{spec.engine.precision} on {target}"
-            + (f" x {collective.world} processes" if collective.world > 1 else "")
-            + f" -> {out}"
-        )
-        with _progress(say) as progress:
-            summary = certify_run(
-                spec, model, noise, inputs, out, target, str(checkpoint), _row_progress(progress, "inputs"), collective
-            )
-    if not collective.is_main:
+    summary = _run_smoothed(run, certify_run, describe)
+    if not summary:
         return
     table = Table("certify summary", "", box=None)
     rows = {
@@ -322,17 +326,18 @@ def certify_command(
     for name, value in rows.items():
         table.add_row(name, value)
     console.print(table)
-    console.print(f"results: {out}")
+    console.print(f"results: {run.out}")
 
 
 @command("predict")
 def predict_command(
-    sigma: str = SIGMA,
+    sigma: Optional[str] = SIGMA,
     dataset: str = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
     n: Optional[int] = NUM_SAMPLES,
     alpha: Optional[float] = ALPHA,
-    batch: Optional[int] = BATCH,
+    chunk_size: Optional[int] = CHUNK_SIZE,
+    batch: Optional[int] = BATCH_ALIAS,
     split: Optional[str] = SPLIT,
     skip: Optional[int] = SKIP,
     max_: Optional[int] = STOP,
@@ -345,9 +350,7 @@ def predict_command(
     set_: list[str] = SET,
 ) -> None:
     """Predict with the smoothed classifier (PREDICT: binomial test, abstains when unsure)."""
-    from nrs_cli.certify import predict_run
-    from nrs_cli.devices import resolve_device
-    from nrs_cli.distributed import distributed
+    from nrs_cli.certify_runs import predict_run
 
     options = {
         "certify.n": n,
@@ -355,31 +358,18 @@ def predict_command(
         "certify.split": split,
         "certify.skip": skip,
         "certify.max": max_,
-        "engine.chunk_size": batch,
-        "seed": seed,
-        "engine.precision": precision,
-        "engine.device": device,
+        **_engine_options(chunk_size, batch, seed, precision, device),
     }
-    spec, model, noise, inputs, checkpoint = _evaluation_inputs(
-        dataset, data_root, checkpoint, runs_dir, sigma, options, set_
-    )
-    out = out or _default_out(runs_dir, spec, "predict", noise)
-    with distributed(resolve_device(spec.engine.device)) as (collective, target):
-        say = _main_console(collective)
-        say.print(
-            f"predict: {spec.name} {spec.certify.split}, sigma {noise.label}, n={spec.certify.n} on {target} -> {out}"
-        )
-        with _progress(say) as progress:
-            summary = predict_run(
-                spec, model, noise, inputs, out, target, str(checkpoint), _row_progress(progress, "inputs"), collective
-            )
-    if not collective.is_main:
+    run = _smoothed_run("predict", _spec(dataset, options, set_), data_root, checkpoint, runs_dir, sigma, out)
+    describe = f"predict: {run.spec.name} {run.spec.certify.split}, sigma {run.sigma.label}, n={run.spec.certify.n}"
+    summary = _run_smoothed(run, predict_run, describe)
+    if not summary:
         return
     console.print(
         f"accuracy {summary['accuracy']:.1%} ({summary['correct']}/{summary['inputs']}), "
         f"abstained {summary['abstained']}, wrong {summary['wrong']}, {summary['samples_per_second']:,.0f} samples/s"
     )
-    console.print(f"results: {out}")
+    console.print(f"results: {run.out}")
 
 
 @command("optimize-sigma")
@@ -391,15 +381,17 @@ def optimize_sigma_command(
     init_step: Optional[float] = typer.Option(None, help="Step between constants [spec: optimize.init_step]."),
     inits: Optional[int] = typer.Option(None, help="Number of constants [spec: optimize.inits]."),
     sub_epochs: Optional[int] = typer.Option(
-        None, help="Rounds per constant, evaluated after each [spec: optimize.sub_epochs]."
+        None, help="Sub-epochs per constant, evaluated after each [spec: optimize.sub_epochs]."
     ),
     steps: Optional[int] = typer.Option(
-        None, help="Steps per round; 0 is one pass over the train split [spec: optimize.steps_per_sub_epoch]."
+        None, help="Steps per sub-epoch; 0 is one pass over the train split [spec: optimize.steps_per_sub_epoch]."
     ),
     batch_size: Optional[int] = typer.Option(None, help="Inputs per step [spec: optimize.batch_size]."),
     n0: Optional[int] = typer.Option(None, help="Noise samples per input per step [spec: optimize.n0]."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate on log(sigma) [spec: optimize.lr]."),
-    lr_decay: Optional[float] = typer.Option(None, help="Learning-rate factor per round [spec: optimize.lr_decay]."),
+    lr_decay: Optional[float] = typer.Option(
+        None, help="Learning-rate factor per sub-epoch [spec: optimize.lr_decay]."
+    ),
     cap_p_hat: Optional[bool] = typer.Option(
         None,
         "--cap-p-hat/--no-cap-p-hat",
@@ -423,7 +415,8 @@ def optimize_sigma_command(
     train_size: Optional[int] = typer.Option(
         None, help="Use a seeded subset of the train split [spec: data.train_size]."
     ),
-    batch: Optional[int] = BATCH,
+    chunk_size: Optional[int] = CHUNK_SIZE,
+    batch: Optional[int] = BATCH_ALIAS,
     seed: Optional[int] = SEED,
     precision: Optional[str] = PRECISION,
     device: Optional[str] = DEVICE,
@@ -434,97 +427,101 @@ def optimize_sigma_command(
     """Optimise per-element sigma (Algorithm 1) over a sweep of initial constants.
 
     Writes metrics.csv (clean accuracy and mean certified area after every
-    round, and of the isotropic baseline), sigma files and a summary with the
-    certified-area gain at equal accuracy. Rerunning resumes.
+    sub-epoch, and of the isotropic baseline), sigma files and a summary with
+    the certified-area gain at equal accuracy. Rerunning resumes.
     """
+    options = {
+        "optimize.init": init,
+        "optimize.init_step": init_step,
+        "optimize.inits": inits,
+        "optimize.sub_epochs": sub_epochs,
+        "optimize.steps_per_sub_epoch": steps,
+        "optimize.batch_size": batch_size,
+        "optimize.n0": n0,
+        "optimize.lr": lr,
+        "optimize.lr_decay": lr_decay,
+        "optimize.cap_p_hat": cap_p_hat,
+        "optimize.eval_n0": eval_n0,
+        "optimize.eval_n": eval_n,
+        "optimize.eval_alpha": eval_alpha,
+        "optimize.eval_max": eval_max,
+        "optimize.baseline": baseline,
+        "optimize.baseline_step": baseline_step,
+        "data.train_size": train_size,
+        **_engine_options(chunk_size, batch, seed, precision, device),
+    }
+    spec = _spec(dataset, options, set_)
+    _run_sweep(spec, checkpoint, runs_dir, name, data_root)
+
+
+def _run_sweep(spec, checkpoint: Optional[Path], runs_dir: Path, name: str, data_root: Optional[Path]) -> None:
     from nrs_cli.data import load_split
     from nrs_cli.devices import resolve_device
     from nrs_cli.distributed import distributed
+    from nrs_cli.layout import RunLayout
     from nrs_cli.models import load_checkpoint
-    from nrs_cli.optimize import compare_to_isotropic, sweep_constants, sweep_run
+    from nrs_cli.optimize import sweep_constants
+    from nrs_cli.sweep import OptimizeJob, sweep_run
 
-    spec = _spec(
-        dataset,
-        {
-            "optimize.init": init,
-            "optimize.init_step": init_step,
-            "optimize.inits": inits,
-            "optimize.sub_epochs": sub_epochs,
-            "optimize.steps_per_sub_epoch": steps,
-            "optimize.batch_size": batch_size,
-            "optimize.n0": n0,
-            "optimize.lr": lr,
-            "optimize.lr_decay": lr_decay,
-            "optimize.cap_p_hat": cap_p_hat,
-            "optimize.eval_n0": eval_n0,
-            "optimize.eval_n": eval_n,
-            "optimize.eval_alpha": eval_alpha,
-            "optimize.eval_max": eval_max,
-            "optimize.baseline": baseline,
-            "optimize.baseline_step": baseline_step,
-            "data.train_size": train_size,
-            "engine.chunk_size": batch,
-            "seed": seed,
-            "engine.precision": precision,
-            "engine.device": device,
-        },
-        set_,
-    )
-    checkpoint = checkpoint or runs_dir / spec.name / "base" / "checkpoint.pt"
+    layout = RunLayout(runs_dir, spec.name)
+    checkpoint = layout.base_checkpoint(checkpoint)
     model, _ = load_checkpoint(checkpoint, spec)
     train_set = load_split(spec.data, "train", data_root)
     test_set = load_split(spec.data, "test", data_root)
-    run_dir = runs_dir / spec.name / "optimize" / name
+    run_dir = layout.sweep_dir(name)
     o = spec.optimize
     with distributed(resolve_device(spec.engine.device)) as (collective, target):
         say = _main_console(collective)
-        cap = ", p_hat capped at alpha^(1/n)" if o.cap_p_hat else ""
         say.print(
             f"optimize-sigma: {spec.name}, inits {', '.join(f'{c:g}' for c in sweep_constants(spec))}, "
-            f"{o.sub_epochs} rounds x {o.steps_per_sub_epoch or 'a pass of'} steps, batch {o.batch_size} x n0 {o.n0}, "
-            f"lr {o.lr:g} (x{o.lr_decay:g}/round){cap}; evaluation n0={o.eval_n0} n={o.eval_n} alpha={o.eval_alpha:g} "
-            f"on {o.eval_max if o.eval_max >= 0 else len(test_set)} test inputs; {spec.engine.precision} on {target}"
+            f"{o.sub_epochs} sub-epochs x {o.steps_per_sub_epoch or 'a pass of'} steps, "
+            f"batch {o.batch_size} x n0 {o.n0}, lr {o.lr:g} (x{o.lr_decay:g}/sub-epoch)"
+            + (", p_hat capped at alpha^(1/n)" if o.cap_p_hat else "")
+            + f"; evaluation n0={o.eval_n0} n={o.eval_n} alpha={o.eval_alpha:g} on "
+            f"{o.eval_max if o.eval_max >= 0 else len(test_set)} test inputs; {spec.engine.precision} on {target}"
             + (f" x {collective.world} processes" if collective.world > 1 else "")
             + f" -> {run_dir}"
         )
+        job = OptimizeJob(spec, model, train_set, test_set, run_dir, target, str(checkpoint), collective)
         with _progress(say) as progress:
-            task = progress.add_task("sweep", total=None)
-
-            def on_event(event: dict) -> None:
-                if event["kind"] == "step":
-                    progress.update(
-                        task,
-                        completed=event["step"],
-                        total=event["steps"],
-                        description=f"sigma {event['init']:g} round {event['sub_epoch']}: loss {event['loss']:.1f}, "
-                        f"right {event['right']:.0%}, sigma mean {event['sigma_mean']:.3f} "
-                        f"std {event['sigma_std']:.3f}",
-                    )
-                else:
-                    say.print(
-                        f"{event['method']:>11} sigma {event['init']:g}"
-                        + (f" round {event['sub_epoch']}" if event["method"] == "anisotropic" else "")
-                        + f": accuracy {event['accuracy']:.1%}, mean log_area {event['mean_log_area']:.1f}, "
-                        f"sigma mean {event['sigma_mean']:.3f} [{event['sigma_min']:.3f}, {event['sigma_max']:.3f}] "
-                        f"({event['seconds']:.0f} s)"
-                    )
-
-            result = sweep_run(spec, model, train_set, test_set, run_dir, target, str(checkpoint), collective, on_event)
-    best = compare_to_isotropic(result.rows)["max_gain_at_equal_accuracy"]
+            result = sweep_run(job, _sweep_printer(say, progress))
+    best = result.comparison["max_gain_at_equal_accuracy"]
     if best is not None:
         say.print(f"largest certified-area gain over isotropic sigma at equal accuracy: {best:.1f} (log_area)")
     say.print(f"results: {run_dir}/metrics.csv, sigmas in {run_dir}/sigmas/")
 
 
-AXIS_CHOICES = {"area": "log_area", "radius": "radius", "gm-radius": "gm_radius"}
+def _sweep_printer(say: Console, progress: Progress):
+    """A progress bar for the optimisation steps and a line per evaluated sigma."""
+    from nrs_cli.sweep import StepDone
+
+    task = progress.add_task("sweep", total=None)
+
+    def on_event(event) -> None:
+        if isinstance(event, StepDone):
+            progress.update(
+                task,
+                completed=event.step,
+                total=event.steps,
+                description=f"sigma {event.init:g} sub-epoch {event.sub_epoch}: loss {event.loss:.1f}, "
+                f"right {event.right:.0%}, sigma mean {event.sigma.mean:.3f} std {event.sigma.std:.3f}",
+            )
+            return
+        row = event.row
+        say.print(
+            f"{row.method:>11} sigma {row.init:g}"
+            + (f" sub-epoch {row.sub_epoch}" if row.sub_epoch else "")
+            + f": accuracy {row.accuracy:.1%}, mean log_area {row.mean_log_area:.1f}, "
+            f"sigma mean {row.sigma_mean:.3f} [{row.sigma_min:.3f}, {row.sigma_max:.3f}] ({row.seconds:.0f} s)"
+        )
+
+    return on_event
 
 
-def _axes(axis: str) -> list[str]:
-    if axis == "all":
-        return list(AXIS_CHOICES.values())
-    if axis not in AXIS_CHOICES:
-        raise NrsError(f"unknown axis '{axis}' (use area, radius, gm-radius or all)")
-    return [AXIS_CHOICES[axis]]
+def _metrics(axis: str) -> list:
+    from nrs_cli.metrics import METRICS, metric_from_option
+
+    return list(METRICS.values()) if axis == "all" else [metric_from_option(axis)]
 
 
 @command("certified-accuracy", plot_app)
@@ -535,12 +532,12 @@ def plot_certified_accuracy_command(
     title: str = typer.Option("", help="Figure title."),
 ) -> None:
     """Certified accuracy against certified area, l2 radius or equal-volume radius (paper Fig 1)."""
-    from nrs_cli.plots import FILE_SUFFIX, load_result, plot_certified_accuracy
+    from nrs_cli.plots import load_result, plot_certified_accuracy
 
     loaded = [load_result(path) for path in results]
-    for column in _axes(axis):
-        stem = out.with_name(f"{out.name}-{FILE_SUFFIX[column]}") if axis == "all" else out
-        for path in plot_certified_accuracy(loaded, column, stem, title):
+    for metric in _metrics(axis):
+        stem = out.with_name(f"{out.name}-{metric.option}") if axis == "all" else out
+        for path in plot_certified_accuracy(loaded, metric.column, stem, title):
             console.print(f"wrote {path}")
 
 
@@ -571,16 +568,14 @@ def plot_table_command(
     out: Optional[Path] = typer.Option(None, help="Write OUT.md and OUT.tex too (path without extension)."),
 ) -> None:
     """Certified accuracy at chosen thresholds, as Markdown and LaTeX tables."""
+    from nrs_cli.metrics import metric_from_option
     from nrs_cli.plots import load_result
     from nrs_cli.serialization import atomic_write_text
-    from nrs_cli.tables import default_thresholds, latex_table, markdown_table
+    from nrs_cli.tables import default_thresholds, latex_table, markdown_table, parse_thresholds
 
-    (column,) = _axes(axis)
+    column = metric_from_option(axis).column
     loaded = [load_result(path) for path in results]
-    try:
-        thresholds = [float(t) for t in at.split(",")] if at else default_thresholds(loaded, column)
-    except ValueError:
-        raise NrsError(f"--at expects comma-separated numbers, got '{at}'") from None
+    thresholds = parse_thresholds(at) if at else default_thresholds(loaded, column)
     markdown = markdown_table(loaded, column, thresholds)
     console.print(markdown)
     if out:
@@ -664,15 +659,6 @@ def list_command(
     else:
         raise NrsError(f"nrs list: expected datasets, loaders or archs, got '{what}'")
     console.print(table)
-
-
-def _as_float(text: Optional[str]) -> Optional[float]:
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def _version_callback(value: bool) -> None:

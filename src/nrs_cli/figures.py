@@ -21,19 +21,26 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils.data import Dataset
 
-from nrs_cli.certify import certify_run
+from nrs_cli.certify_runs import SmoothedRun, certify_run
+from nrs_cli.compare import pareto_front
 from nrs_cli.data import load_split
 from nrs_cli.errors import NrsError
+from nrs_cli.layout import FIGURES_RUN, RunLayout
+from nrs_cli.metrics import METRICS
 from nrs_cli.models import build_model, load_checkpoint
-from nrs_cli.optimize import pareto_front, read_metrics, sweep_run
-from nrs_cli.plots import load_result, load_sweep, plot_certified_accuracy, plot_clean_accuracy
+from nrs_cli.plots import ResultFile, load_result, load_sweep, plot_certified_accuracy, plot_clean_accuracy
+from nrs_cli.results import read_metrics
 from nrs_cli.serialization import atomic_write_text
 from nrs_cli.sigma import Sigma, constant_sigma, load_sigma
 from nrs_cli.sigma_images import plot_sigmas, robustness_report
 from nrs_cli.spec import RunSpec
+from nrs_cli.sweep import OptimizeJob, sweep_run
 from nrs_cli.tables import default_thresholds, latex_table, markdown_table
-from nrs_cli.train import train_base_run
+from nrs_cli.train import TrainJob, train_base_run, training_sigma
+
+Say = Callable[[str], None]
 
 
 def figures_spec(spec: RunSpec) -> RunSpec:
@@ -68,56 +75,71 @@ def choose_sigmas(rows: list[dict], count: int) -> list[dict]:
     return [good[k] for k in picks]
 
 
+def isotropic_partner(sigma: Sigma, input_shape: tuple[int, ...]) -> Sigma:
+    """The isotropic sigma an optimised one is compared with in Fig. 1: its mean, as in the paper."""
+    return constant_sigma(round(sigma.stats.mean, 2), input_shape)
+
+
 def figures_run(
     spec: RunSpec,
     data_root: str | Path | None,
     runs_dir: str | Path,
     out_dir: str | Path,
     device: torch.device,
-    say: Callable[[str], None] = lambda message: None,
+    say: Say = lambda message: None,
 ) -> list[Path]:
     """Make every figure of one dataset; returns the files written."""
     spec = figures_spec(spec)
-    runs = Path(runs_dir) / spec.name
-    out = Path(out_dir) / spec.name
+    layout = RunLayout(Path(runs_dir), spec.name)
     train_set = load_split(spec.data, "train", data_root)
     test_set = load_split(spec.data, "test", data_root)
-
-    checkpoint = runs / "base" / "checkpoint.pt"
-    if not checkpoint.is_file():
-        say(f"[1/4] training the base classifier -> {checkpoint}")
-        train_base_run(spec, build_model(spec), train_set, test_set, runs / "base", device)
-    else:
-        say(f"[1/4] base classifier: {checkpoint} (exists)")
+    checkpoint = ensure_base_classifier(spec, layout, train_set, test_set, device, say)
     model, _ = load_checkpoint(checkpoint, spec)
 
-    sweep_dir = runs / "optimize" / "figures"
+    sweep_dir = layout.sweep_dir(FIGURES_RUN)
     say(f"[2/4] sigma sweep -> {sweep_dir}")
-    sweep_run(spec, model, train_set, test_set, sweep_dir, device, str(checkpoint))
-    rows = read_metrics(sweep_dir)
-
-    chosen = choose_sigmas(rows, spec.figures.sigmas)
-    sigmas: list[Sigma] = []
-    for row in chosen:
-        optimised = load_sigma(sweep_dir / row["sigma_file"], spec)
-        sigmas += [optimised, constant_sigma(round(float(optimised.values.double().mean()), 2), spec.data.input_shape)]
+    sweep_run(OptimizeJob(spec, model, train_set, test_set, sweep_dir, device, str(checkpoint)))
+    optimised = [
+        load_sigma(sweep_dir / row["sigma_file"], spec)
+        for row in choose_sigmas(read_metrics(sweep_dir), spec.figures.sigmas)
+    ]
     results = []
-    for sigma in sigmas:
-        name = f"figures-{sigma.label}" if sigma.source else f"figures-iso-{sigma.label}"
-        tsv = runs / "certify" / f"{name}.tsv"
+    for sigma in [s for o in optimised for s in (o, isotropic_partner(o, spec.data.input_shape))]:
+        tsv = layout.figures_tsv(sigma)
         say(f"[3/4] certify sigma {sigma.label} -> {tsv}")
-        certify_run(spec, model, sigma, test_set, tsv, device, str(checkpoint))
+        certify_run(SmoothedRun(spec, model, sigma, test_set, tsv, device, str(checkpoint)))
         results.append(load_result(tsv))
 
+    out = Path(out_dir) / spec.name
     say(f"[4/4] figures -> {out}")
+    return draw_figures(spec, results, sweep_dir, optimised, out)
+
+
+def ensure_base_classifier(
+    spec: RunSpec, layout: RunLayout, train_set: Dataset, test_set: Dataset, device: torch.device, say: Say
+) -> Path:
+    """The dataset's base classifier, trained with the spec (its noise included) unless it exists."""
+    checkpoint = layout.checkpoint()
+    if checkpoint.is_file():
+        say(f"[1/4] base classifier: {checkpoint} (exists)")
+        return checkpoint
+    say(f"[1/4] training the base classifier -> {checkpoint}")
+    job = TrainJob(spec, build_model(spec), train_set, test_set, device, training_sigma(spec))
+    train_base_run(job, layout.train_dir())
+    return checkpoint
+
+
+def draw_figures(
+    spec: RunSpec, results: list[ResultFile], sweep_dir: Path, optimised: list[Sigma], out: Path
+) -> list[Path]:
+    """Fig. 1 on every axis, Fig. 2 (Fig. 4 for KITTI), Fig. 3 with its report, and the tables."""
     written: list[Path] = []
     title = spec.name
-    for column, suffix in (("log_area", "area"), ("radius", "radius"), ("gm_radius", "gm-radius")):
-        written += plot_certified_accuracy(results, column, out / f"fig1-certified-accuracy-{suffix}", title)
+    for column, metric in METRICS.items():
+        written += plot_certified_accuracy(results, column, out / f"fig1-certified-accuracy-{metric.option}", title)
     figure = "fig4-clean-accuracy" if spec.data.loader == "kitti" else "fig2-clean-accuracy"
     written += plot_clean_accuracy([load_sweep(sweep_dir)], out / figure, title=title)
     written += plot_clean_accuracy([load_sweep(sweep_dir)], out / f"{figure}-unfiltered", unfiltered=True, title=title)
-    optimised = sigmas[0::2]
     written += plot_sigmas(optimised, out / "fig3-sigma")
     report = out / "fig3-sigma-report.md"
     atomic_write_text("\n".join(robustness_report(s) for s in optimised), report)

@@ -26,7 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nrs_cli.errors import NrsError  # noqa: E402
-from nrs_cli.results import read_json, read_table, sidecar  # noqa: E402
+from nrs_cli.metrics import METRICS, metric  # noqa: E402
+from nrs_cli.results import read_json, read_metrics, read_table, sidecar  # noqa: E402
 
 FIGURE_SIZE = (4.8, 3.4)  # inches: one column of a two-column paper at about 1.4x, fonts stay legible
 STYLE = {
@@ -40,13 +41,6 @@ STYLE = {
     "grid.alpha": 0.3,
     "savefig.dpi": 200,
 }
-
-AXES = {
-    "log_area": "certified area  log V = Σ log σᵢ + D log R  (nats)",
-    "radius": "certified l2 radius  min σᵢ · R  (pixel units)",
-    "gm_radius": "equal-volume radius  (Π σᵢ)^(1/D) · R  (pixel units)",
-}
-FILE_SUFFIX = {"log_area": "area", "radius": "radius", "gm_radius": "gm-radius"}
 
 
 @dataclass
@@ -170,15 +164,14 @@ def plot_certified_accuracy(
     results: list[ResultFile], column: str, out_stem: str | Path, title: str = "", note: str | None = None
 ) -> list[Path]:
     """Fig. 1: certified accuracy against a certificate size, one line per result file."""
-    if column not in AXES:
-        raise NrsError(f"unknown axis '{column}' (use {', '.join(AXES)})")
+    axis_label = metric(column).axis
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=FIGURE_SIZE)
         for index, result in enumerate(results):
             x, y = certified_accuracy_curve(result.rows, column)
             style = "--" if result.isotropic else "-"
             axes.step(x, y, where="post", linestyle=style, color=f"C{index}", label=result.label, linewidth=1.4)
-        axes.set_xlabel(AXES[column])
+        axes.set_xlabel(axis_label)
         axes.set_ylabel("certified accuracy")
         axes.set_ylim(0, 1.02)
         if column != "log_area":
@@ -201,8 +194,6 @@ class SweepPoints:
 
 
 def load_sweep(run_dir: str | Path, label: str | None = None) -> SweepPoints:
-    from nrs_cli.optimize import read_metrics
-
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     manifest_path = run_dir / "manifest.json"
@@ -270,7 +261,7 @@ def plot_clean_accuracy(
                     linewidth=1.0,
                     label=f"{prefix}isotropic",
                 )
-        axes.set_xlabel("mean " + AXES["log_area"])
+        axes.set_xlabel("mean " + METRICS["log_area"].axis)
         axes.set_ylabel("clean accuracy (smoothed, CERTIFY)")
         if title:
             axes.set_title(title)

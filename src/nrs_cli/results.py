@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import sys
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,21 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def format_cell(value: Any) -> str:
+    """One cell of a TSV or CSV: floats with 10 significant digits (enough to re-derive a certificate,
+    the same on every run), a missing number (NaN) as an empty cell."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.10g}"
+    return str(value)
+
+
+def check_fingerprint(path: str | os.PathLike, recorded: dict[str, Any], current: dict[str, Any], remedy: str) -> None:
+    """Refuse to resume ``path`` when anything its results depend on has changed."""
+    differ = sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
+    if differ:
+        raise NrsError(f"refusing to resume {path}: it was made with a different {', '.join(differ)} ({remedy})")
+
+
 class CsvLog:
     """A CSV table that gains one flushed row at a time (metrics per epoch)."""
 
@@ -73,7 +89,13 @@ class CsvLog:
 
     def append(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as handle:
-            csv.writer(handle).writerow([_cell(row[column]) for column in self.columns])
+            csv.writer(handle).writerow([format_cell(row[column]) for column in self.columns])
+
+
+def write_csv(path: str | os.PathLike, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """A whole CSV table at once, replacing any earlier file atomically."""
+    lines = [",".join(columns)] + [",".join(format_cell(row[column]) for column in columns) for row in rows]
+    atomic_write_text("\n".join(lines) + "\n", path)
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -81,31 +103,30 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _cell(value: Any) -> str:
-    """Floats with 10 significant digits: enough to re-derive certificates, the same on every run."""
-    return f"{value:.10g}" if isinstance(value, float) else str(value)
-
-
 CERTIFY_COLUMNS = [
-    "idx",
-    "label",
-    "predict",
-    "radius",
-    "correct",
-    "time",
-    "pA_lower",
-    "pB_upper",
-    "icdf",
-    "log_area",
-    "gm_radius",
-]
+    "idx", "label", "predict", "radius", "correct", "time", "pA_lower", "pB_upper", "icdf", "log_area", "gm_radius",
+]  # fmt: skip
 PREDICT_COLUMNS = ["idx", "label", "predict", "correct", "time"]
+# metrics.csv of a sweep: one row per evaluation of a sigma
+SWEEP_COLUMNS = [
+    "method", "init", "sub_epoch", "step", "lr", "train_loss", "train_objective", "accuracy", "mean_log_area",
+    "median_radius", "median_gm_radius", "sigma_mean", "sigma_std", "sigma_min", "sigma_max", "gm_sigma",
+    "seconds", "sigma_file",
+]  # fmt: skip
+_SWEEP_TEXT = ("method", "sigma_file")
+_SWEEP_INTEGERS = ("sub_epoch", "step")
 
 
 def sidecar(path: str | os.PathLike, kind: str) -> Path:
     """``out.tsv`` -> ``out.manifest.json`` / ``out.summary.json``."""
     path = Path(path)
     return path.with_name(f"{path.stem}.{kind}.json")
+
+
+def shard_path(path: str | os.PathLike, rank: int, world: int) -> Path:
+    """``out.tsv`` -> ``out.shard1of4.tsv``: the rows one rank of a distributed run certified."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.shard{rank}of{world}{path.suffix}")
 
 
 class ResultTable:
@@ -133,13 +154,9 @@ class ResultTable:
                     "(delete it or choose another --out)"
                 )
             previous = read_json(self.manifest_path)
-            old = previous.get("fingerprint", {})
-            differ = sorted(key for key in set(old) | set(fingerprint) if old.get(key) != fingerprint.get(key))
-            if differ:
-                raise NrsError(
-                    f"refusing to resume {self.path}: its rows were made with a different "
-                    f"{', '.join(differ)} (delete it or choose another --out)"
-                )
+            check_fingerprint(
+                self.path, previous.get("fingerprint", {}), fingerprint, "delete it or choose another --out"
+            )
             rows = self._complete_rows()
             resumed = previous.get("resumed", []) + [_now()]
         else:
@@ -151,7 +168,7 @@ class ResultTable:
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         with open(self.path, "a") as handle:
-            handle.writelines("\t".join(_cell(row[c]) for c in self.columns) + "\n" for row in rows)
+            handle.writelines(_tsv_line(self.columns, row) for row in rows)
 
     def _complete_rows(self) -> list[dict[str, str]]:
         data = self.path.read_bytes()
@@ -166,16 +183,13 @@ class ResultTable:
         return rows
 
 
-def shard_path(path: str | os.PathLike, rank: int, world: int) -> Path:
-    """``out.tsv`` -> ``out.shard1of4.tsv``: the rows one rank of a distributed run certified."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.shard{rank}of{world}{path.suffix}")
+def _tsv_line(columns: list[str], row: dict[str, Any]) -> str:
+    return "\t".join(format_cell(row[column]) for column in columns) + "\n"
 
 
 def write_table(path: str | os.PathLike, columns: list[str], rows: list[dict[str, Any]]) -> None:
     """A whole result TSV at once (merging shards), replacing any earlier file atomically."""
-    lines = ["\t".join(columns)] + ["\t".join(_cell(row[c]) for c in columns) for row in rows]
-    atomic_write_text("\n".join(lines) + "\n", path)
+    atomic_write_text("\t".join(columns) + "\n" + "".join(_tsv_line(columns, row) for row in rows), path)
 
 
 def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -184,31 +198,48 @@ def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
+@dataclass(frozen=True)
+class CertifiedSummary:
+    """How a smoothed classifier did on a set of inputs (CERTIFY)."""
+
+    accuracy: float  # fraction of the inputs certified with the right class
+    mean_log_area: float  # over those inputs (the others have no certified region)
+    median_radius: float
+    median_gm_radius: float
+
+
+def summarize_certified(outcomes: list[tuple[bool, float, float, float]]) -> CertifiedSummary:
+    """Summary of ``(correct, log_area, radius, gm_radius)`` per input."""
+    right = [outcome for outcome in outcomes if outcome[0]]
+    if not right:
+        return CertifiedSummary(0.0 if outcomes else math.nan, math.nan, math.nan, math.nan)
+    return CertifiedSummary(
+        accuracy=len(right) / len(outcomes),
+        mean_log_area=statistics.fmean(outcome[1] for outcome in right),
+        median_radius=statistics.median(outcome[2] for outcome in right),
+        median_gm_radius=statistics.median(outcome[3] for outcome in right),
+    )
+
+
 def summarize_certify(rows: list[dict[str, str]]) -> dict[str, Any]:
-    """Certified accuracy, abstentions and certificate sizes of a certify table.
-
-    Means and medians of ``log_area``, ``radius`` and ``gm_radius`` are over
-    the inputs certified correctly (the others have no certified region).
-    """
-    count = len(rows)
-    correct = [row for row in rows if row["correct"] == "1"]
+    """Certified accuracy, abstentions and certificate sizes of a certify table."""
+    outcomes = [
+        (row["correct"] == "1", float(row["log_area"]), float(row["radius"]), float(row["gm_radius"])) for row in rows
+    ]
+    certified = summarize_certified(outcomes)
+    correct = sum(outcome[0] for outcome in outcomes)
     abstained = sum(row["predict"] == "-1" for row in rows)
-
-    def numbers(column):
-        return [float(row[column]) for row in correct]
-
-    summary = {
-        "inputs": count,
-        "certified_accuracy": len(correct) / count if count else math.nan,
-        "correct": len(correct),
+    return {
+        "inputs": len(rows),
+        "certified_accuracy": certified.accuracy if rows else math.nan,
+        "correct": correct,
         "abstained": abstained,
-        "wrong": count - len(correct) - abstained,
-        "mean_log_area": statistics.fmean(numbers("log_area")) if correct else math.nan,
-        "median_radius": statistics.median(numbers("radius")) if correct else math.nan,
-        "median_gm_radius": statistics.median(numbers("gm_radius")) if correct else math.nan,
+        "wrong": len(rows) - correct - abstained,
+        "mean_log_area": certified.mean_log_area,
+        "median_radius": certified.median_radius,
+        "median_gm_radius": certified.median_gm_radius,
         "mean_time": statistics.fmean(float(row["time"]) for row in rows) if rows else math.nan,
     }
-    return summary
 
 
 def summarize_predict(rows: list[dict[str, str]]) -> dict[str, Any]:
@@ -222,6 +253,28 @@ def summarize_predict(rows: list[dict[str, str]]) -> dict[str, Any]:
         "abstained": abstained,
         "wrong": count - correct - abstained,
     }
+
+
+def write_metrics(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """A sweep's metrics.csv."""
+    write_csv(path, SWEEP_COLUMNS, rows)
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a sweep's metrics.csv, numbers as floats (empty cells as nan)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise NrsError(f"{run_dir} is not an optimize-sigma run (no metrics.csv)")
+    rows = []
+    for raw in read_csv(path):
+        row: dict[str, Any] = dict(raw)
+        for column in SWEEP_COLUMNS:
+            if column in _SWEEP_INTEGERS:
+                row[column] = int(raw[column])
+            elif column not in _SWEEP_TEXT:
+                row[column] = float(raw[column]) if raw[column] != "" else math.nan
+        rows.append(row)
+    return rows
 
 
 def _now() -> str:

@@ -35,6 +35,30 @@ from nrs_cli.serialization import atomic_torch_save, load_weights_only, tensor_d
 from nrs_cli.spec import RunSpec
 
 SIGMA_FORMAT = "nrs-sigma/1"
+# Every sigma nrs uses lies here (pixel units, images in [0, 1]): far beyond any useful noise at both ends.
+SIGMA_BOUNDS = (1e-6, 1e3)
+
+
+@dataclass(frozen=True)
+class SigmaStats:
+    """Summary statistics of a sigma (pixel units)."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    gm: float  # geometric mean, exp(mean_i log sigma_i)
+
+    @classmethod
+    def of(cls, values: torch.Tensor) -> SigmaStats:
+        values = values.detach().double()
+        return cls(
+            mean=float(values.mean()),
+            std=float(values.std()) if values.numel() > 1 else 0.0,
+            min=float(values.min()),
+            max=float(values.max()),
+            gm=float(values.log().mean().exp()),
+        )
 
 
 @dataclass(frozen=True)
@@ -68,18 +92,31 @@ class Sigma:
     def min(self) -> float:
         return float(self.values.min())
 
+    @cached_property
+    def stats(self) -> SigmaStats:
+        return SigmaStats.of(self.values)
+
 
 def constant_sigma(value: float, input_shape: tuple[int, ...]) -> Sigma:
-    if not math.isfinite(value) or value <= 0:
+    """The isotropic sigma: ``value`` everywhere."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise NrsError(f"sigma must be a positive finite number, got {value}")
-    return Sigma(torch.full(tuple(input_shape), float(value)), f"{value:g}", {"method": "isotropic", "init": value})
+    values = validate_sigma(torch.full(tuple(input_shape), float(value), dtype=torch.float64), input_shape, "sigma")
+    return Sigma(values, f"{value:g}", {"method": "isotropic", "init": value})
+
+
+def sigma_number(text: str | float) -> float | None:
+    """The number a ``--sigma``-like option gives, or None when it names a sigma file."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def parse_sigma(text: str | float, spec: RunSpec) -> Sigma:
     """``--sigma``: a number (isotropic) or the path of a sigma file."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
+    value = sigma_number(text)
+    if value is None:
         return load_sigma(text, spec)
     return constant_sigma(value, spec.data.input_shape)
 
@@ -91,26 +128,35 @@ def load_sigma(path: str | os.PathLike, spec: RunSpec) -> Sigma:
         payload = {"sigma": payload}
     if not isinstance(payload, dict) or not isinstance(payload.get("sigma"), torch.Tensor):
         raise NrsError(f"{path} is not a sigma file (expected a tensor or a dict with a 'sigma' tensor)")
-    values = payload["sigma"]
+    values = validate_sigma(payload["sigma"], spec.data.input_shape, str(path), spec.name)
     metadata = {key: value for key, value in payload.items() if key != "sigma"}
-    return Sigma(validate_sigma(values, spec, str(path)), Path(path).stem, metadata, str(path))
+    return Sigma(values, Path(path).stem, metadata, str(path))
 
 
-def validate_sigma(values: torch.Tensor, spec: RunSpec, source: str) -> torch.Tensor:
-    """Shape, dtype, finiteness and positivity; returns float32 on the CPU."""
-    expected = tuple(spec.data.input_shape)
+def validate_sigma(
+    values: torch.Tensor, input_shape: tuple[int, ...], source: str, dataset: str = "the"
+) -> torch.Tensor:
+    """A dense floating-point tensor of the input shape, every element in :data:`SIGMA_BOUNDS` once it is
+    float32 (the engine's dtype: a float64 1e-300 would become 0 there); returns it as float32 on the CPU."""
+    if values.layout != torch.strided:
+        raise NrsError(f"{source}: sigma must be a dense tensor, got a {values.layout} one")
     if not values.is_floating_point():
         raise NrsError(f"{source}: sigma must be a floating-point tensor, got {values.dtype}")
-    if tuple(values.shape) != expected:
+    if tuple(values.shape) != tuple(input_shape):
         raise NrsError(
             f"{source}: sigma has shape {'x'.join(map(str, values.shape)) or 'scalar'}, "
-            f"but {spec.name} inputs are {'x'.join(map(str, expected))}"
+            f"but {dataset} inputs are {'x'.join(map(str, input_shape))}"
         )
-    if not torch.isfinite(values).all():
-        raise NrsError(f"{source}: sigma has {int((~torch.isfinite(values)).sum())} non-finite values")
-    if not (values > 0).all():
-        raise NrsError(f"{source}: sigma has {int((values <= 0).sum())} values <= 0 (sigma must be positive)")
-    return values.detach().to("cpu", torch.float32).contiguous()
+    converted = values.detach().to("cpu", torch.float32).contiguous()
+    low, high = SIGMA_BOUNDS
+    for problem, bad in (
+        ("non-finite values", ~torch.isfinite(converted)),
+        ("values <= 0 (sigma must be positive)", converted <= 0),
+        (f"values outside [{low:g}, {high:g}] pixel units", (converted < low) | (converted > high)),
+    ):
+        if bad.any():
+            raise NrsError(f"{source}: sigma has {int(bad.sum())} {problem} in float32, the engine's precision")
+    return converted
 
 
 def save_sigma(path: str | os.PathLike, values: torch.Tensor, spec: RunSpec, **metadata: Any) -> None:

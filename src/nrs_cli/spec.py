@@ -103,6 +103,7 @@ class CertifySpec:
     skip: int = 1  # certify every skip-th input
     max: int = -1  # stop after this many inputs (-1: all)
     bound: Literal["one-sided", "two-sided"] = "one-sided"
+    sigma: Optional[float] = None  # `nrs certify` without --sigma and without a sweep to take it from
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,20 @@ def load_spec(name_or_path: str = "mnist-mini", overrides: dict[str, Any] | None
             _set_dotted(raw, dotted, value, "command line")
         spec = _build(RunSpec, raw, "", "command line")  # errors here are the overrides'
     return dataclasses.replace(spec, source=str(path))
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as overrides; each value is read as YAML (``3``, ``0.5``, ``true``, ``null``)."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise NrsError(f"--set expects KEY=VALUE, got '{assignment}'")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise NrsError(f"--set {key}: cannot read the value '{value}'") from None
+    return overrides
 
 
 def _read_raw(path: Path, seen: tuple[str, ...]) -> dict[str, Any]:

@@ -6,9 +6,20 @@ import math
 
 import numpy as np
 
+from nrs_cli.errors import NrsError
+from nrs_cli.metrics import metric
 from nrs_cli.plots import ResultFile, certified_accuracy_at, certified_values
 
-COLUMN_NAMES = {"log_area": "certified area", "radius": "l2 radius", "gm_radius": "equal-volume radius"}
+
+def parse_thresholds(text: str) -> list[float]:
+    """``--at 0,0.25,0.5``: comma-separated numbers."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise NrsError(f"--at expects comma-separated numbers, got '{text}'") from None
+    if not all(math.isfinite(value) for value in values):
+        raise NrsError(f"--at expects finite numbers, got '{text}'")
+    return values
 
 
 def default_thresholds(results: list[ResultFile], column: str, count: int = 5) -> list[float]:
@@ -53,7 +64,7 @@ def _best(rows: list[list[float]], column: int) -> float:
 def markdown_table(results: list[ResultFile], column: str, thresholds: list[float]) -> str:
     header, rows = accuracy_table(results, column, thresholds)
     lines = [
-        f"Certified accuracy (%) at {COLUMN_NAMES[column]} >= threshold; best per column in bold.",
+        f"Certified accuracy (%) at {metric(column).name} >= threshold; best per column in bold.",
         "",
         "| result | " + " | ".join(header) + " |",
         "|---|" + "---:|" * len(header),
@@ -69,7 +80,7 @@ def latex_table(results: list[ResultFile], column: str, thresholds: list[float])
     lines = [
         r"\begin{tabular}{l" + "r" * len(header) + "}",
         r"\hline",
-        f"{_tex(COLUMN_NAMES[column])} $\\geq$ & " + " & ".join(f"${h}$" for h in header) + r" \\",
+        f"{_tex(metric(column).name)} $\\geq$ & " + " & ".join(f"${h}$" for h in header) + r" \\",
         r"\hline",
     ]
     for result, row in zip(results, rows):

@@ -21,10 +21,33 @@ from torch.utils.data import DataLoader, Dataset
 
 from nrs_cli.models import model_digest, save_checkpoint
 from nrs_cli.results import CsvLog, write_manifest
-from nrs_cli.sigma import Sigma
+from nrs_cli.sigma import Sigma, constant_sigma, load_sigma, sigma_number
 from nrs_cli.spec import RunSpec
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "seconds"]
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What training works on: the spec's train section, a model (trained in place), the data and the noise."""
+
+    spec: RunSpec
+    model: nn.Module
+    train_set: Dataset
+    test_set: Dataset
+    device: torch.device
+    noise_sigma: Sigma | None = None  # Gaussian noise augmentation x + sigma * z (None: clean images)
+
+
+def training_sigma(spec: RunSpec, option: str | None = None) -> Sigma | None:
+    """The noise to train under: a sigma file given as ``--noise-sigma``, else ``train.noise_sigma``
+    (where a number given as ``--noise-sigma`` goes). 0 means clean training; a negative number is an error.
+    """
+    if option is not None and sigma_number(option) is None:
+        return load_sigma(option, spec)
+    if spec.train.noise_sigma == 0:
+        return None
+    return constant_sigma(spec.train.noise_sigma, spec.data.input_shape)
 
 
 @dataclass(frozen=True)
@@ -70,21 +93,17 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, device: torch.device, 
 
 
 def train_base(
-    model: nn.Module,
-    spec: RunSpec,
-    train_set: Dataset,
-    test_set: Dataset,
-    device: torch.device,
-    noise: Sigma | None = None,
+    job: TrainJob,
     on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[EpochMetrics]:
-    """Train ``model`` in place for ``spec.train.epochs`` epochs; seeded by ``spec.seed``.
+    """Train ``job.model`` in place for ``spec.train.epochs`` epochs; seeded by ``spec.seed``.
 
-    ``noise`` adds ``sigma * z`` (z standard normal) to every training image.
-    ``on_epoch`` sees each epoch's metrics and the model (to save it);
-    ``on_batch(done, total)`` is for progress bars.
+    With ``job.noise_sigma`` every training image gets ``sigma * z`` added (z
+    standard normal). ``on_epoch`` sees each epoch's metrics and the model (to
+    save it); ``on_batch(done, total)`` is for progress bars.
     """
+    spec, model, device = job.spec, job.model, job.device
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
     model.to(device)
@@ -97,9 +116,13 @@ def train_base(
         else None
     )
     loader = DataLoader(
-        train_set, batch_size=spec.train.batch_size, shuffle=True, generator=generator, num_workers=spec.data.workers
+        job.train_set,
+        batch_size=spec.train.batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=spec.data.workers,
     )
-    sigma = noise.values.to(device) if noise is not None else None
+    sigma = job.noise_sigma.values.to(device) if job.noise_sigma is not None else None
     history = []
     for epoch in range(1, spec.train.epochs + 1):
         start = time.perf_counter()
@@ -128,7 +151,7 @@ def train_base(
             lr=lr,
             train_loss=total_loss / seen,
             train_accuracy=correct / seen,
-            test_accuracy=evaluate_accuracy(model, test_set, device),
+            test_accuracy=evaluate_accuracy(model, job.test_set, device),
             seconds=time.perf_counter() - start,
         )
         history.append(metrics)
@@ -146,13 +169,8 @@ class TrainResult:
 
 
 def train_base_run(
-    spec: RunSpec,
-    model: nn.Module,
-    train_set: Dataset,
-    test_set: Dataset,
+    job: TrainJob,
     run_dir: str | Path,
-    device: torch.device,
-    noise: Sigma | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> TrainResult:
@@ -162,10 +180,14 @@ def train_base_run(
     interrupted run keeps every finished epoch. With ``train.epochs: 0`` the
     model (e.g. pretrained weights) is evaluated and saved as it is.
     """
+    spec, noise_sigma = job.spec, job.noise_sigma
     run_dir = Path(run_dir)
     checkpoint = run_dir / "checkpoint.pt"
     log = CsvLog(run_dir / "metrics.csv", METRIC_COLUMNS)
-    noise_info = {"noise_sigma": noise.label if noise else 0.0, "noise_sigma_sha256": noise.digest if noise else None}
+    noise_info = {
+        "noise_sigma": noise_sigma.label if noise_sigma else 0.0,
+        "noise_sigma_sha256": noise_sigma.digest if noise_sigma else None,
+    }
 
     def save(model: nn.Module, test_accuracy: float) -> None:
         save_checkpoint(checkpoint, model, spec, spec.model.arch, test_accuracy=test_accuracy, **noise_info)
@@ -173,7 +195,7 @@ def train_base_run(
             run_dir / "manifest.json",
             "train-base",
             spec,
-            device=str(device),
+            device=str(job.device),
             checkpoint=checkpoint.name,
             model_sha256=model_digest(model),
             test_accuracy=test_accuracy,
@@ -186,10 +208,10 @@ def train_base_run(
         if on_epoch:
             on_epoch(metrics)
 
-    history = train_base(model, spec, train_set, test_set, device, noise, finish_epoch, on_batch)
+    history = train_base(job, finish_epoch, on_batch)
     if history:
         accuracy = history[-1].test_accuracy
     else:
-        accuracy = evaluate_accuracy(model.to(device), test_set, device)
-        save(model, accuracy)
+        accuracy = evaluate_accuracy(job.model.to(job.device), job.test_set, job.device)
+        save(job.model, accuracy)
     return TrainResult(run_dir, checkpoint, accuracy, history)
