@@ -27,6 +27,7 @@ def without_time(path):
     rows = read_table(path)
     for row in rows:
         row.pop("time")
+        row.pop("crc32")  # covers the time
     return rows
 
 
@@ -101,7 +102,7 @@ def test_predict(run_cli, trained_mini, tmp_path):
     )
     assert result.code == 0, result.stderr
     rows = read_table(out)
-    assert list(rows[0]) == ["idx", "label", "predict", "correct", "time"] and len(rows) == 10
+    assert list(rows[0]) == ["idx", "label", "predict", "correct", "time", "crc32"] and len(rows) == 10
     assert sum(r["correct"] == "1" for r in rows) >= 8
 
 
@@ -198,12 +199,19 @@ def bad_sigma_file(tmp_path, name, values):
         (["--sigma", 0], "sigma must be a positive finite number, got 0.0"),
         (["--sigma", -0.5], "sigma must be a positive finite number"),
         (["--sigma", "nan"], "sigma must be a positive finite number"),
-        (["--sigma", 0.25, "--alpha", 0], "alpha must lie strictly between 0 and 1"),
-        (["--sigma", 0.25, "--alpha", 1.5], "alpha must lie strictly between 0 and 1"),
-        (["--sigma", 0.25, "--n0", 0], "n0 and n must be at least 1"),
-        (["--sigma", 0.25, "--n", 0], "n0 and n must be at least 1"),
+        (["--sigma", 1e-46], "sigma has 784 values <= 0 (sigma must be positive) in float32"),
+        (["--sigma", 1e39], "sigma has 784 non-finite values in float32"),
+        (["--sigma", 2000], "sigma has 784 values outside [1e-06, 1000]"),
+        (["--sigma", 0.25, "--alpha", 0], "certify.alpha: expected a number strictly between 0 and 1, got 0.0"),
+        (["--sigma", 0.25, "--alpha", 1.5], "certify.alpha: expected a number strictly between 0 and 1"),
+        (["--sigma", 0.25, "--n0", 0], "certify.n0: expected at least 1, got 0"),
+        (["--sigma", 0.25, "--n", 0], "certify.n: expected at least 1"),
         (["--sigma", 0.25, "--bound", "three-sided"], "certify.bound: expected one of one-sided, two-sided"),
-        (["--sigma", 0.25, "--skip", 0], "skip must be at least 1"),
+        (["--sigma", 0.25, "--skip", 0], "certify.skip: expected at least 1"),
+        (["--sigma", 0.25, "--max", -5], "certify.max: expected -1 (all) or a count, got -5"),
+        (["--sigma", 0.25, "--chunk-size", -5], "engine.chunk_size: expected 0 (chosen per device)"),
+        (["--sigma", 0.25, "--seed", 2**70], "seed: expected an integer from 0 to 2^63 - 1"),
+        (["--sigma", 0.25, "--set", "certify.alpha="], "--set certify.alpha: no value (write null for none)"),
         (["--sigma", 0.25, "--precision", "fp8"], "engine.precision: expected one of fp32, bf16"),
         (["--sigma", "missing.pt"], "sigma file not found"),
     ],

@@ -41,6 +41,7 @@ def without_time(path):
     rows = read_table(path)
     for row in rows:
         row.pop("time")
+        row.pop("crc32")  # covers the time
     return rows
 
 

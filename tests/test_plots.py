@@ -19,7 +19,7 @@ from nrs_cli.plots import (
     plot_certified_accuracy,
     plot_clean_accuracy,
 )
-from nrs_cli.results import CERTIFY_COLUMNS, SWEEP_COLUMNS, read_metrics
+from nrs_cli.results import CERTIFY_COLUMNS, SWEEP_COLUMNS, read_metrics, write_table
 from nrs_cli.sigma import Sigma, save_sigma
 from nrs_cli.sigma_images import robustness_report, sigma_to_image
 from nrs_cli.spec import load_spec
@@ -37,23 +37,24 @@ ROWS = [
 
 
 def write_result(path, rows, method="anisotropic", init=0.3):
-    lines = ["\t".join(CERTIFY_COLUMNS)]
+    table = []
     for i, (correct, area, radius) in enumerate(rows):
-        values = {
-            "idx": i,
-            "label": 1,
-            "predict": 1 if correct else 2,
-            "radius": radius,
-            "correct": correct,
-            "time": 0.1,
-            "pA_lower": 0.9,
-            "pB_upper": 0.1,
-            "icdf": 1.0,
-            "log_area": area,
-            "gm_radius": radius * 2,
-        }
-        lines.append("\t".join(str(values[c]) for c in CERTIFY_COLUMNS))
-    path.write_text("\n".join(lines) + "\n")
+        table.append(
+            {
+                "idx": i,
+                "label": 1,
+                "predict": 1 if correct else 2,
+                "radius": radius,
+                "correct": correct,
+                "time": 0.1,
+                "pA_lower": 0.9,
+                "pB_upper": 0.1,
+                "icdf": 1.0,
+                "log_area": area,
+                "gm_radius": radius * 2,
+            }
+        )
+    write_table(path, CERTIFY_COLUMNS, table)
     manifest = {
         "sigma": {"method": method, "init": init},
         "fingerprint": {"n0": 100, "n": 1000, "alpha": 0.001, "bound": "one-sided"},
@@ -247,7 +248,7 @@ def test_visualize_sigma_cli(run_cli, tmp_path):
     assert result.code == 0, result.stderr
     assert is_png(tmp_path / "fig3.png") and (tmp_path / "fig3.pdf").is_file()
     report = (tmp_path / "fig3-report.md").read_text()
-    assert "mnist-mini, from σ = 0.2, round 3" in report and "columns 0-6" in report
+    assert "mnist-mini, from σ = 0.2, sub-epoch 3" in report and "columns 0-6" in report
     wrong = run_cli("visualize-sigma", tmp_path / "s.pt", "--dataset", "cifar10", "--out", tmp_path / "x")
     assert wrong.code == 2 and "but cifar10 inputs are 3x32x32" in wrong.stderr
 

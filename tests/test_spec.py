@@ -79,9 +79,11 @@ def test_unknown_dataset_lists_the_builtin_ones():
 
 
 def test_overrides_replace_spec_values_and_are_validated():
-    spec = load_spec("mnist", {"train.epochs": 7, "engine.precision": "bf16", "data.train_size": None})
+    spec = load_spec("mnist-mini", {"train.epochs": 7, "engine.precision": "bf16", "figures.certify_max": None})
     assert spec.train.epochs == 7 and spec.engine.precision == "bf16"
-    assert spec.data.train_size is None  # None means "not given"
+    assert spec.figures.certify_max is None  # None sets null, as --set figures.certify_max=null does
+    with pytest.raises(NrsError, match="command line: train.lr: expected a number, got None"):
+        load_spec("mnist", {"train.lr": None})
     with pytest.raises(NrsError, match="command line: train.epochs: expected an integer"):
         load_spec("mnist", {"train.epochs": "many"})
     with pytest.raises(NrsError, match="command line: unknown key 'train.speed'"):

@@ -12,7 +12,6 @@ in index order into the file a single process writes.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from torch.utils.data import Dataset
 
 from nrs_cli.certify import Smooth, check_options, inputs_per_group
 from nrs_cli.collective import SINGLE_PROCESS, Collective
-from nrs_cli.data import iterate_batches, selected_indices
+from nrs_cli.data import inputs_digest, iterate_batches, selected_indices
 from nrs_cli.errors import NrsError
 from nrs_cli.models import model_digest
 from nrs_cli.results import (
@@ -41,7 +40,7 @@ from nrs_cli.results import (
     write_table,
 )
 from nrs_cli.sampling import SamplingEngine, build_engine
-from nrs_cli.serialization import atomic_write_text
+from nrs_cli.serialization import OutputLock, json_ready, read_json, write_json
 from nrs_cli.sigma import Sigma
 from nrs_cli.spec import RunSpec
 
@@ -131,10 +130,14 @@ def predict_run(run: SmoothedRun, on_rows: OnRows | None = None) -> dict[str, An
 
 
 def fingerprint(run: SmoothedRun, options: dict[str, Any]) -> dict[str, Any]:
-    """Everything a result row depends on (and nothing it does not, like chunk sizes)."""
+    """Everything a result row depends on (and nothing it does not, like chunk sizes): the inputs
+    actually read included, so a rerun on other data (another --data-root) is refused. The inputs
+    are every skip-th one of the split, whatever ``max``, so a larger ``max`` extends a finished table."""
     spec = run.spec
+    every = selected_indices(len(run.dataset), spec.certify.skip)
     return {
         "data_sha256": spec.digest("data"),
+        "inputs_sha256": inputs_digest(run.dataset, every),
         "model_sha256": model_digest(run.model),
         "sigma_sha256": run.sigma.digest,
         "seed": spec.seed,
@@ -153,34 +156,31 @@ def _run_table(run: SmoothedRun, kind: TableKind, on_rows: OnRows | None) -> tup
     engine = build_engine(run.model, spec, run.device)
     manifest = {
         "sigma": {"label": run.sigma.label, "file": run.sigma.source, "sha256": run.sigma.digest}
-        | _plain_metadata(run.sigma.metadata),
+        | json_ready(run.sigma.metadata),
         "device": str(run.device),
         "chunk_size": engine.chunk_size,
         "world_size": collective.world,
         "checkpoint": run.checkpoint,
         **kind.options,
     }
+    fingerprinted = fingerprint(run, kind.options)
     mine = wanted[collective.rank :: collective.world]
-    table, done = _open_table(run, kind, mine, manifest)
-    started = time.perf_counter()
-    processed = _fill_table(run, kind, engine, table, mine[len(done) :], on_rows, len(done))
-    work = collective.gather([(processed * kind.samples_per_input, time.perf_counter() - started)])
+    rank, world = collective.rank, collective.world
+    with ResultTable(run.out if world == 1 else shard_path(run.out, rank, world), kind.columns) as table:
+        shard = {"shard": f"{rank} of {world}"} if world > 1 else {}
+        done = table.open(fingerprinted | shard, manifest, spec, kind.name)
+        if [int(row["idx"]) for row in done] != mine[: len(done)]:
+            raise NrsError(
+                f"{table.path}: its rows are not the first inputs of this selection (delete it to start over)"
+            )
+        started = time.perf_counter()
+        processed = _fill_table(run, kind, engine, table, mine[len(done) :], on_rows, len(done))
+        work = collective.gather([(processed * kind.samples_per_input, time.perf_counter() - started)])
+        if world > 1:
+            _merge_shards(run, kind, wanted, fingerprinted, manifest)
     samples, elapsed = sum(s for s, _ in work), max(seconds for _, seconds in work)
     throughput = samples / elapsed if samples and elapsed > 0 else math.nan
-    if collective.world > 1:
-        _merge_shards(run, kind, wanted, manifest)
     return (read_table(run.out) if collective.is_main else []), throughput
-
-
-def _open_table(run: SmoothedRun, kind: TableKind, mine: list[int], manifest: dict) -> tuple[ResultTable, list]:
-    """This process's table (the output, or its shard under torchrun), created or reopened to resume."""
-    rank, world = run.collective.rank, run.collective.world
-    table = ResultTable(run.out if world == 1 else shard_path(run.out, rank, world), kind.columns)
-    shard = {"shard": f"{rank} of {world}"} if world > 1 else {}
-    done = table.open(fingerprint(run, kind.options) | shard, manifest, run.spec, kind.name)
-    if [int(row["idx"]) for row in done] != mine[: len(done)]:
-        raise NrsError(f"{table.path}: its rows are not the first inputs of this selection (delete it to start over)")
-    return table, done
 
 
 def _fill_table(
@@ -209,7 +209,7 @@ def _fill_table(
     return processed
 
 
-def _merge_shards(run: SmoothedRun, kind: TableKind, wanted: list[int], manifest: dict) -> None:
+def _merge_shards(run: SmoothedRun, kind: TableKind, wanted: list[int], fingerprinted: dict, manifest: dict) -> None:
     """Rank 0 writes every rank's complete shard into the output, in the selection's order."""
     collective = run.collective
     collective.barrier()  # every shard is complete
@@ -217,15 +217,11 @@ def _merge_shards(run: SmoothedRun, kind: TableKind, wanted: list[int], manifest
         position = {index: k for k, index in enumerate(wanted)}
         shards = [read_table(shard_path(run.out, r, collective.world)) for r in range(collective.world)]
         merged = [row for rows in shards for row in rows if int(row["idx"]) in position]
-        write_table(run.out, kind.columns, sorted(merged, key=lambda row: position[int(row["idx"])]))
-        write_manifest(
-            sidecar(run.out, "manifest"),
-            kind.name,
-            run.spec,
-            fingerprint=fingerprint(run, kind.options),
-            resumed=[],
-            **manifest,
-        )
+        with OutputLock(run.out):
+            write_manifest(
+                sidecar(run.out, "manifest"), kind.name, run.spec, fingerprint=fingerprinted, resumed=[], **manifest
+            )
+            write_table(run.out, kind.columns, sorted(merged, key=lambda row: position[int(row["idx"])]))
     collective.barrier()
 
 
@@ -234,15 +230,10 @@ def _write_summary(out: str | Path, summary: dict) -> dict:
     path = sidecar(out, "summary")
     if math.isnan(summary["samples_per_second"]) and path.is_file():
         try:
-            previous = json.loads(path.read_text()).get("samples_per_second")
-        except (ValueError, AttributeError):
+            previous = read_json(path, "summary").get("samples_per_second")
+        except NrsError:
             previous = None
         if isinstance(previous, (int, float)):
             summary["samples_per_second"] = previous
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", path)
+    write_json(summary, path)
     return summary
-
-
-def _plain_metadata(metadata: dict) -> dict:
-    """Sigma metadata that JSON can hold (tensors and the like are left out)."""
-    return {key: value for key, value in metadata.items() if isinstance(value, (str, int, float, bool, list))}

@@ -8,7 +8,9 @@ exit with code 2; so does an interrupted run, which keeps what it wrote.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -78,8 +80,22 @@ plot_app = typer.Typer(
 app.add_typer(plot_app, name="plot")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, batch schedulers, ``docker stop``), handled like Ctrl-C."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def command(name: str, group: typer.Typer = app) -> Callable:
-    """Register a subcommand whose user errors and interrupts end with one line and exit code 2."""
+    """Register a subcommand that turns every expected failure into one ``error:`` line and exit code 2.
+
+    Expected: the user's input or environment (:class:`NrsError`), reading or
+    writing files (OSError: a read-only folder, a full disk), Ctrl-C and
+    SIGTERM, which keep everything written so far. Anything else is a bug: its
+    traceback is shown with a request to report it.
+    """
 
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
@@ -88,14 +104,31 @@ def command(name: str, group: typer.Typer = app) -> Callable:
                 return function(*args, **kwargs)
             except NrsError as err:
                 message = str(err)
-            except KeyboardInterrupt:
-                message = "interrupted; everything written so far is kept (rerun the same command to resume)"
+            except KeyboardInterrupt as err:
+                how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+                message = f"{how}; everything written so far is kept (rerun the same command to resume)"
+            except OSError as err:
+                message = _os_error(err)
+            except Exception:
+                traceback.print_exc()
+                print(
+                    f"nrs {__version__}: unexpected error, a bug in nrs; please report it with the command "
+                    "line and the traceback above",
+                    file=sys.stderr,
+                )
+                raise typer.Exit(1) from None
             print(f"error: {message}", file=sys.stderr)
             raise typer.Exit(NrsError.exit_code)
 
         return group.command(name)(run)
 
     return decorate
+
+
+def _os_error(err: OSError) -> str:
+    """One line for a failed read or write: what, where and why."""
+    where = f" {err.filename}" if err.filename else ""
+    return f"cannot access{where}: {err.strerror or err}"
 
 
 def _spec(dataset: str, options: dict[str, Any], assignments: list[str]):
@@ -206,6 +239,8 @@ def train_base_command(
             )
 
         result = train_base_run(job, run_dir, on_batch, on_epoch)
+    if result.epochs_run < len(result.history):
+        console.print(f"resumed after epoch {len(result.history) - result.epochs_run} of {spec.train.epochs}")
     console.print(f"checkpoint: {result.checkpoint}")
     console.print(f"test accuracy: {result.test_accuracy:.1%}")
 
@@ -590,7 +625,7 @@ def visualize_sigma_command(
     dataset: str = DATASET,
     out: Path = typer.Option(Path("figures/sigma"), help="Output path without extension."),
     colorbar: bool = typer.Option(True, help="Show each image's sigma range on a colour bar."),
-    columns: Optional[int] = typer.Option(None, help="Images per row of the grid."),
+    columns: Optional[int] = typer.Option(None, min=1, help="Images per row of the grid."),
     clip: float = typer.Option(
         0.01, min=0.0, max=0.49, help="Fraction of elements saturated at each end of the grey scale (0: min to max)."
     ),
@@ -677,5 +712,25 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``nrs`` console script and ``python -m nrs_cli``."""
-    app(args=argv, prog_name="nrs")
+    """Entry point of the ``nrs`` console script and ``python -m nrs_cli``.
+
+    Usage errors (an unknown option, a value out of range) are one ``error:`` line and exit code 2 too.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = app(args=argv, prog_name="nrs", standalone_mode=False)
+    except typer.Abort:
+        print("error: interrupted", file=sys.stderr)
+        code = NrsError.exit_code
+    except Exception as err:
+        if not hasattr(err, "format_message"):  # Click's usage errors (Click ships inside newer Typer)
+            raise
+        message, context = err.format_message(), getattr(err, "ctx", None)
+        if message.startswith("Usage:"):  # no command given: the help is the answer
+            print(message, file=sys.stderr)
+        else:
+            where = f" (see {context.command_path} --help)" if context is not None else ""
+            print(f"error: {message}{where}", file=sys.stderr)
+        code = getattr(err, "exit_code", NrsError.exit_code)
+    if code:
+        sys.exit(code)

@@ -10,6 +10,7 @@ download once (if the spec allows it) and otherwise raise a one-line
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from collections import Counter
@@ -85,6 +86,7 @@ def load_split(spec: DataSpec, split: str, root: str | os.PathLike | None = None
     if spec.loader not in _LOADERS:
         raise NrsError(f"unknown dataset loader '{spec.loader}' (known: {', '.join(sorted(_LOADERS))})")
     dataset = _LOADERS[spec.loader].read(spec, resolve_data_root(root), split)
+    _check_labels(dataset, spec, split)
     size = spec.train_size if split == "train" else spec.test_size
     if size is not None and size < len(dataset):
         generator = torch.Generator().manual_seed(spec.split_seed + (0 if split == "train" else 1))
@@ -101,10 +103,49 @@ def load_split(spec: DataSpec, split: str, root: str | os.PathLike | None = None
     return dataset
 
 
+def _check_labels(dataset: Dataset, spec: DataSpec, split: str) -> None:
+    """Labels held in memory must name one of the spec's classes (others are checked as images are read)."""
+    if isinstance(dataset, ImageTensorDataset) and len(dataset.labels):
+        low, high = int(dataset.labels.min()), int(dataset.labels.max())
+        if low < 0 or high >= spec.num_classes:
+            raise NrsError(
+                f"{spec.loader} {split} labels run from {low} to {high}, but the spec has {spec.num_classes} classes"
+            )
+
+
+def inputs_digest(dataset: Dataset, indices: list[int]) -> str:
+    """sha256 of the images and labels at these indices, as the loader serves them: the data a result is about.
+
+    In-memory datasets are hashed from their stored pixels at once; others image by image.
+    """
+    digest = hashlib.sha256()
+    base, mapped = _in_memory(dataset, indices)
+    if base is not None:
+        order = torch.tensor(mapped, dtype=torch.long)
+        digest.update(base.images[order].contiguous().numpy().tobytes())
+        digest.update(base.labels[order].numpy().tobytes())
+        return digest.hexdigest()
+    for index in indices:
+        image, label = dataset[index]
+        digest.update(image.contiguous().numpy().tobytes())
+        digest.update(str(int(label)).encode() + b";")
+    return digest.hexdigest()
+
+
+def _in_memory(dataset: Dataset, indices: list[int]) -> tuple[ImageTensorDataset | None, list[int]]:
+    """The in-memory dataset under any subsets, with the indices mapped into it."""
+    while isinstance(dataset, Subset):
+        indices = [int(dataset.indices[i]) for i in indices]
+        dataset = dataset.dataset
+    return (dataset, indices) if isinstance(dataset, ImageTensorDataset) else (None, indices)
+
+
 def selected_indices(size: int, skip: int = 1, stop: int = -1) -> list[int]:
     """Every ``skip``-th index below ``stop`` (Cohen et al.'s --skip and --max; -1: no stop)."""
     if skip < 1:
         raise NrsError(f"skip must be at least 1 (got {skip})")
+    if stop < -1:
+        raise NrsError(f"the input index to stop at must be -1 (all) or at least 0 (got {stop})")
     end = size if stop < 0 else min(size, stop)
     return list(range(0, end, skip))
 
@@ -122,8 +163,11 @@ class ImageTensorDataset(Dataset):
     """Images held in memory as uint8 NCHW, served as floats in [0, 1]."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise ValueError("expected uint8 images (N, C, H, W) and N labels")
+        if images.dtype != torch.uint8 or images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"expected uint8 images (N, C, H, W) and N labels, got {tuple(images.shape)} images "
+                f"and {tuple(labels.shape)} labels"
+            )
         self.images = images
         self.labels = labels.long()
 
@@ -169,8 +213,11 @@ def _read_idx_dataset(cls, what: str, folder: str):
             lambda: all((raw / name).is_file() for name in names),
             lambda: cls(str(root), download=True),
         )
-        data = cls(str(root), train=(split == "train"), download=False)
-        return ImageTensorDataset(data.data.unsqueeze(1).contiguous(), data.targets)
+        try:
+            data = cls(str(root), train=(split == "train"), download=False)
+            return ImageTensorDataset(data.data.unsqueeze(1).contiguous(), data.targets)
+        except Exception as err:  # noqa: BLE001 - torchvision raises many types for damaged IDX files
+            raise NrsError(f"cannot read the {what} {split} files in {raw}: damaged or truncated ({err})") from None
 
     return read
 

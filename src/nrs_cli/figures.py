@@ -38,7 +38,7 @@ from nrs_cli.sigma_images import plot_sigmas, robustness_report
 from nrs_cli.spec import RunSpec
 from nrs_cli.sweep import OptimizeJob, sweep_run
 from nrs_cli.tables import default_thresholds, latex_table, markdown_table
-from nrs_cli.train import TrainJob, train_base_run, training_sigma
+from nrs_cli.train import STATE_FILE, TrainJob, train_base_run, training_sigma
 
 Say = Callable[[str], None]
 
@@ -118,14 +118,16 @@ def figures_run(
 def ensure_base_classifier(
     spec: RunSpec, layout: RunLayout, train_set: Dataset, test_set: Dataset, device: torch.device, say: Say
 ) -> Path:
-    """The dataset's base classifier, trained with the spec (its noise included) unless it exists."""
+    """The dataset's base classifier, trained with the spec (its noise included), or its training resumed;
+    a checkpoint put there without a training state is used as it is."""
     checkpoint = layout.checkpoint()
-    if checkpoint.is_file():
-        say(f"[1/4] base classifier: {checkpoint} (exists)")
+    if checkpoint.is_file() and not (layout.train_dir() / STATE_FILE).is_file():
+        say(f"[1/4] base classifier: {checkpoint} (given)")
         return checkpoint
-    say(f"[1/4] training the base classifier -> {checkpoint}")
+    say(f"[1/4] base classifier -> {checkpoint}")
     job = TrainJob(spec, build_model(spec), train_set, test_set, device, training_sigma(spec))
-    train_base_run(job, layout.train_dir())
+    result = train_base_run(job, layout.train_dir())
+    say(f"      test accuracy {result.test_accuracy:.1%} after {len(result.history)} epochs")
     return checkpoint
 
 

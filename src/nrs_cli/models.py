@@ -11,6 +11,7 @@ what Cohen et al. and Salman et al. save, so their checkpoints
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from torch import nn
 from nrs_cli import __version__
 from nrs_cli.data import data_family
 from nrs_cli.errors import NrsError
-from nrs_cli.serialization import atomic_torch_save, load_weights_only, tensor_digest
+from nrs_cli.serialization import atomic_torch_save, check_digest, load_weights_only, tensor_digest, with_digest
 from nrs_cli.spec import RunSpec
 
 CHECKPOINT_FORMAT = "nrs-checkpoint/1"
@@ -206,7 +207,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: RunSpec, ar
         "nrs_version": __version__,
         **extra,
     }
-    atomic_torch_save(payload, path)
+    atomic_torch_save(with_digest(payload), path)
 
 
 # Architecture names in Cohen et al.'s and Salman et al.'s checkpoints.
@@ -217,37 +218,65 @@ def load_checkpoint(path: str | os.PathLike, spec: RunSpec) -> tuple[nn.Sequenti
     """Load a base classifier saved by nrs or by Cohen/Salman et al.
 
     Returns the model (on the CPU, in eval mode) and the checkpoint's metadata.
-    Refuses files that are not weights-only and checkpoints made for data of
-    another shape, class count or dataset.
+    Refuses files that are not weights-only, damaged ones (nrs checkpoints carry
+    a content digest), metadata of the wrong type, weights that are not finite,
+    and checkpoints made for data of another shape, class count or dataset.
     """
     payload = load_weights_only(path, "checkpoint")
-    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
-        raise NrsError(f"{path} is not a model checkpoint (expected a dict with 'arch' and 'state_dict')")
+    state = _checked_state(path, payload)
+    check_digest(payload, "checkpoint", path)
     arch = payload.get("arch")
     if not isinstance(arch, str) or (arch not in _ARCHS and arch not in _FOREIGN_ARCHS):
-        raise NrsError(f"{path}: unknown architecture {arch!r} (known: {', '.join(sorted(_ARCHS))})")
+        raise NrsError(f"{path}: unknown architecture {str(arch)[:40]!r} (known: {', '.join(sorted(_ARCHS))})")
     metadata = {key: value for key, value in payload.items() if key != "state_dict"}
-    if payload.get("format") == CHECKPOINT_FORMAT:
-        _check_same_data(path, payload, spec)
     model = build_model(spec, _FOREIGN_ARCHS.get(arch, arch), pretrained=False)
     if payload.get("format") == CHECKPOINT_FORMAT:
-        model[0] = Normalize(tuple(payload["mean"]), tuple(payload["std"]))
-    state = {key.replace("1.module.", "1.", 1): value for key, value in payload["state_dict"].items()}
+        model[0] = Normalize(*_checked_data(path, payload, spec))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).split("\n")[1].strip() if "\n" in str(err) else str(err)
-        raise NrsError(f"{path} does not fit a {arch} for {spec.name}: {first}") from None
+        raise NrsError(f"{path} does not fit a {arch} for {spec.name}: {first[:200]}") from None
     return model.eval(), metadata
 
 
-def _check_same_data(path, payload: dict[str, Any], spec: RunSpec) -> None:
-    trained_on = payload.get("dataset")
-    shape = list(payload.get("input_shape", []))
-    if shape != list(spec.data.input_shape) or payload.get("num_classes") != spec.data.num_classes:
+def _checked_state(path, payload: Any) -> dict[str, torch.Tensor]:
+    """The state dict (Cohen's ``1.module.`` prefix removed), every entry a named, finite tensor."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise NrsError(f"{path} is not a model checkpoint (expected a dict with 'arch' and 'state_dict')")
+    state = {}
+    for key, value in payload["state_dict"].items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+            raise NrsError(f"{path}: the state dict holds {type(key).__name__} {str(key)[:40]!r}, not a named tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NrsError(f"{path}: the weights {key} are not finite (NaN or infinity)")
+        state[key.replace("1.module.", "1.", 1)] = value
+    return state
+
+
+def _shape_text(shape: Any) -> str:
+    if isinstance(shape, list) and all(isinstance(v, int) for v in shape):
+        return "x".join(map(str, shape))
+    return str(shape)[:40]
+
+
+def _checked_data(path, payload: dict[str, Any], spec: RunSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """An nrs checkpoint's data description, checked against the spec; returns its normalisation."""
+    shape, classes = payload.get("input_shape"), payload.get("num_classes")
+    mean, std = payload.get("mean"), payload.get("std")
+    if shape != list(spec.data.input_shape) or classes != spec.data.num_classes:
         raise NrsError(
-            f"{path} was trained on {trained_on} ({'x'.join(map(str, shape))}, "
-            f"{payload.get('num_classes')} classes), which does not match {spec.name}"
+            f"{path} was trained on {str(payload.get('dataset'))[:40]} ({_shape_text(shape)}, "
+            f"{str(classes)[:20]} classes), which does not match {spec.name}"
         )
     if data_family(str(payload.get("loader"))) != data_family(spec.data.loader):
-        raise NrsError(f"{path} was trained on {trained_on}, not {spec.name} (choose the matching --dataset)")
+        raise NrsError(
+            f"{path} was trained on {payload.get('dataset')}, not {spec.name} (choose the matching --dataset)"
+        )
+    channels = spec.data.input_shape[0]
+    numbers = [isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (mean or [])]
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == channels and all(numbers)):
+        raise NrsError(f"{path}: its mean and std must be lists of {channels} numbers (damaged metadata)")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in std):
+        raise NrsError(f"{path}: its std must be positive numbers, got {str(std)[:60]}")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 
 from nrs_cli.errors import NrsError  # noqa: E402
 from nrs_cli.metrics import METRICS, metric  # noqa: E402
-from nrs_cli.results import read_json, read_metrics, read_table, sidecar  # noqa: E402
+from nrs_cli.results import read_metrics, read_table, sidecar  # noqa: E402
+from nrs_cli.serialization import read_json  # noqa: E402
 
 FIGURE_SIZE = (4.8, 3.4)  # inches: one column of a two-column paper at about 1.4x, fonts stay legible
 STYLE = {
@@ -53,17 +54,23 @@ class ResultFile:
 
     @property
     def label(self) -> str:
-        sigma = self.manifest.get("sigma", {})
+        sigma = section(self.manifest, "sigma")
         method, init = sigma.get("method"), sigma.get("init")
-        if method == "anisotropic" and init is not None:
-            return f"anisotropic, from σ = {init:g}"
-        if method == "isotropic" and init is not None:
+        if not isinstance(init, (int, float)):
+            return self.path.stem
+        if method == "isotropic":
             return f"isotropic, σ = {init:g}"
-        return self.path.stem
+        return f"{method}, from σ = {init:g}" if isinstance(method, str) else self.path.stem
 
     @property
     def isotropic(self) -> bool:
-        return self.manifest.get("sigma", {}).get("method") == "isotropic"
+        return section(self.manifest, "sigma").get("method") == "isotropic"
+
+
+def section(mapping: dict[str, Any], key: str) -> dict[str, Any]:
+    """A sub-mapping of a manifest, or {} when it is missing or not a mapping (a manifest is only a label)."""
+    value = mapping.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def load_result(path: str | Path) -> ResultFile:
@@ -75,7 +82,7 @@ def load_result(path: str | Path) -> ResultFile:
         if rows and column not in rows[0]:
             raise NrsError(f"{path} is not a certify result (no '{column}' column)")
     manifest = sidecar(path, "manifest")
-    return ResultFile(path, rows, read_json(manifest) if manifest.is_file() else {})
+    return ResultFile(path, rows, read_json(manifest, "manifest") if manifest.is_file() else {})
 
 
 def certified_values(rows: list[dict[str, str]], column: str) -> tuple[np.ndarray, int]:
@@ -152,7 +159,7 @@ def run_note(results: list[ResultFile]) -> str:
     """Sample sizes of the results, for the figure's footnote."""
     notes = set()
     for result in results:
-        fp = result.manifest.get("fingerprint", {})
+        fp = section(result.manifest, "fingerprint")
         if fp:
             notes.add(f"n0={fp.get('n0')}, n={fp.get('n')}, α={fp.get('alpha')}, {fp.get('bound')}")
     sizes = {len(r.rows) for r in results}
@@ -197,16 +204,16 @@ def load_sweep(run_dir: str | Path, label: str | None = None) -> SweepPoints:
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     manifest_path = run_dir / "manifest.json"
-    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
-    spec = manifest.get("spec", {})
-    o = spec.get("optimize", {})
+    manifest = read_json(manifest_path, "manifest") if manifest_path.is_file() else {}
+    spec = section(manifest, "spec")
+    o = section(spec, "optimize")
     note = ""
     if o:
-        note = (
-            f"evaluation: CERTIFY n0={o.get('eval_n0')}, n={o.get('eval_n')}, α={o.get('eval_alpha')}, "
-            f"{o.get('eval_max') if o.get('eval_max', -1) >= 0 else 'all'} test inputs"
-        )
-    name = label or spec.get("name") or run_dir.name
+        eval_max = o.get("eval_max")
+        inputs = eval_max if isinstance(eval_max, int) and eval_max >= 0 else "all"
+        settings = f"n0={o.get('eval_n0')}, n={o.get('eval_n')}, α={o.get('eval_alpha')}"
+        note = f"evaluation: CERTIFY {settings}, {inputs} test inputs"
+    name = label or str(spec.get("name") or run_dir.name)
     return SweepPoints(
         name,
         [r for r in rows if r["method"] == "anisotropic"],

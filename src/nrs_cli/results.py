@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
+import zlib
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from nrs_cli.errors import NrsError
-from nrs_cli.serialization import atomic_write_text
+from nrs_cli.serialization import OutputLock, atomic_write_text, read_json, write_json
 from nrs_cli.spec import RunSpec
 
 _PACKAGES = ("nrs-cli", "torch", "torchvision", "numpy", "scipy", "typer", "rich", "pyyaml", "pillow", "matplotlib")
@@ -54,12 +55,8 @@ def write_manifest(path: str | os.PathLike, kind: str, spec: RunSpec, **fields: 
         "versions": package_versions(),
         **fields,
     }
-    atomic_write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", path)
+    write_json(manifest, path)
     return manifest
-
-
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
 
 
 def format_cell(value: Any) -> str:
@@ -70,8 +67,10 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def check_fingerprint(path: str | os.PathLike, recorded: dict[str, Any], current: dict[str, Any], remedy: str) -> None:
+def check_fingerprint(path: str | os.PathLike, recorded: Any, current: dict[str, Any], remedy: str) -> None:
     """Refuse to resume ``path`` when anything its results depend on has changed."""
+    if not isinstance(recorded, dict):
+        raise NrsError(f"refusing to resume {path}: nothing records what it was made with ({remedy})")
     differ = sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
     if differ:
         raise NrsError(f"refusing to resume {path}: it was made with a different {', '.join(differ)} ({remedy})")
@@ -105,8 +104,10 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 CERTIFY_COLUMNS = [
     "idx", "label", "predict", "radius", "correct", "time", "pA_lower", "pB_upper", "icdf", "log_area", "gm_radius",
+    "crc32",
 ]  # fmt: skip
-PREDICT_COLUMNS = ["idx", "label", "predict", "correct", "time"]
+PREDICT_COLUMNS = ["idx", "label", "predict", "correct", "time", "crc32"]
+CHECKSUM = "crc32"  # the last column: a CRC-32 of the row's other cells, so a damaged row is never trusted
 # metrics.csv of a sweep: one row per evaluation of a sigma
 SWEEP_COLUMNS = [
     "method", "init", "sub_epoch", "step", "lr", "train_loss", "train_objective", "accuracy", "mean_log_area",
@@ -115,6 +116,27 @@ SWEEP_COLUMNS = [
 ]  # fmt: skip
 _SWEEP_TEXT = ("method", "sigma_file")
 _SWEEP_INTEGERS = ("sub_epoch", "step")
+
+
+def _finite(low: float = -math.inf, high: float = math.inf):
+    return lambda value: math.isfinite(value) and low <= value <= high
+
+
+# What a result cell may hold: column -> (type, test, what is expected).
+_CELLS: dict[str, tuple[type, Any, str]] = {
+    "idx": (int, lambda v: v >= 0, "an input index"),
+    "label": (int, lambda v: v >= 0, "a class"),
+    "predict": (int, lambda v: v >= -1, "a class or -1"),
+    "correct": (int, lambda v: v in (0, 1), "0 or 1"),
+    "time": (float, _finite(0), "seconds"),
+    "radius": (float, _finite(0), "a radius"),
+    "pA_lower": (float, _finite(0, 1), "a probability"),
+    "pB_upper": (float, _finite(0, 1), "a probability"),
+    "icdf": (float, _finite(0), "a radius in sigma units"),
+    "log_area": (float, lambda v: not math.isnan(v) and v < math.inf, "a log-area or -inf"),
+    "gm_radius": (float, _finite(0), "a radius"),
+    CHECKSUM: (str, lambda v: re.fullmatch(r"[0-9a-f]{8}", v) is not None, "8 hex digits"),
+}
 
 
 def sidecar(path: str | os.PathLike, kind: str) -> Path:
@@ -130,40 +152,49 @@ def shard_path(path: str | os.PathLike, rank: int, world: int) -> Path:
 
 
 class ResultTable:
-    """A TSV with one row per input, written row by row, resumable.
+    """A TSV with one row per input, written row by row by one process at a time, resumable.
 
+    Used as a context manager it holds an :class:`OutputLock` on the file.
     The manifest beside it holds a ``fingerprint``: everything the rows depend
     on (data, model and sigma hashes, sample counts, seed, precision, ...).
-    Reopening keeps the complete rows when the fingerprint matches (a
-    half-written last line is cut off) and refuses otherwise.
+    The manifest is written before the table exists, the header appears
+    atomically, and every row ends in a checksum. Reopening keeps the complete
+    rows when the fingerprint matches and every row checks out (a half-written
+    last line is cut off), and refuses otherwise, naming the file and line.
     """
 
     def __init__(self, path: str | os.PathLike, columns: list[str]):
         self.path = Path(path)
         self.columns = columns
         self.manifest_path = sidecar(self.path, "manifest")
+        self._lock = OutputLock(self.path)
+
+    def __enter__(self) -> ResultTable:
+        self._lock.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._lock.__exit__(*exc_info)
 
     def open(self, fingerprint: dict[str, Any], manifest: dict[str, Any], spec: RunSpec, kind: str) -> list[dict]:
         """Create the table, or reopen it to resume; returns the rows already there."""
         rows: list[dict] = []
         resumed: list[str] = []
-        if self.path.exists():
-            if not self.manifest_path.is_file():
-                raise NrsError(
-                    f"{self.path} exists but {self.manifest_path.name} does not, so it cannot be resumed "
-                    "(delete it or choose another --out)"
-                )
-            previous = read_json(self.manifest_path)
-            check_fingerprint(
-                self.path, previous.get("fingerprint", {}), fingerprint, "delete it or choose another --out"
-            )
+        if self.path.exists() and self.manifest_path.is_file():
+            previous = read_json(self.manifest_path, "manifest")
+            remedy = f"delete {self.path.name} and {self.manifest_path.name}, or choose another --out"
+            check_fingerprint(self.path, previous.get("fingerprint"), fingerprint, remedy)
             rows = self._complete_rows()
-            resumed = previous.get("resumed", []) + [_now()]
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w") as handle:
-                handle.write("\t".join(self.columns) + "\n")
+            earlier = previous.get("resumed")
+            resumed = (earlier if isinstance(earlier, list) else []) + [_now()]
+        elif self.path.exists() and self.path.read_bytes().count(b"\n") > 1:
+            raise NrsError(
+                f"{self.path} has rows but no {self.manifest_path.name} to say what they were made with, "
+                "so it cannot be resumed (delete it or choose another --out)"
+            )
         write_manifest(self.manifest_path, kind, spec, fingerprint=fingerprint, resumed=resumed, **manifest)
+        if not rows and not resumed:  # new, or only a header left by an interrupted start
+            atomic_write_text("\t".join(self.columns) + "\n", self.path)
         return rows
 
     def append(self, rows: list[dict[str, Any]]) -> None:
@@ -176,15 +207,24 @@ class ResultTable:
         if end < len(data):  # the run was killed in the middle of a line
             with open(self.path, "r+b") as handle:
                 handle.truncate(end)
-        rows = read_table(self.path)
-        header = data[: data.find(b"\n")].decode().split("\t")
+        header = data[: data.find(b"\n")].decode("utf-8", errors="replace").split("\t")
         if header != self.columns:
-            raise NrsError(f"{self.path} has columns {header}, expected {self.columns}")
-        return rows
+            raise NrsError(
+                f"{self.path} has the columns {header}, not {self.columns} (written by another version of nrs, "
+                "or damaged): delete it to start over"
+            )
+        return read_table(self.path)
 
 
 def _tsv_line(columns: list[str], row: dict[str, Any]) -> str:
-    return "\t".join(format_cell(row[column]) for column in columns) + "\n"
+    cells = [format_cell(row[column]) for column in columns if column != CHECKSUM]
+    if columns[-1] == CHECKSUM:
+        cells.append(_checksum(cells))
+    return "\t".join(cells) + "\n"
+
+
+def _checksum(cells: list[str]) -> str:
+    return f"{zlib.crc32(chr(9).join(cells).encode()):08x}"
 
 
 def write_table(path: str | os.PathLike, columns: list[str], rows: list[dict[str, Any]]) -> None:
@@ -193,9 +233,46 @@ def write_table(path: str | os.PathLike, columns: list[str], rows: list[dict[str
 
 
 def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows of a result TSV as dicts of strings."""
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
+    """Rows of a result TSV as dicts of strings, every cell checked; a bad line is an error naming it."""
+    path = Path(path)
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as err:
+        raise NrsError(f"cannot read {path}: {err.strerror}") from None
+    header = _decode(lines[0], path, 1).split("\t")
+    if not header or header[0] != "idx" or len(set(header)) != len(header):
+        raise NrsError(f"{path} is not a result table (its first line is not a header starting with idx)")
+    if lines[-1] == b"":
+        lines.pop()
+    return [_parse_row(header, _decode(line, path, number), path, number) for number, line in enumerate(lines[1:], 2)]
+
+
+def _decode(line: bytes, path: Path, number: int) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NrsError(f"{path} line {number}: not text (damaged)") from None
+
+
+def _parse_row(header: list[str], line: str, path: Path, number: int) -> dict[str, str]:
+    cells = line.split("\t")
+    where = f"{path} line {number}"
+    if len(cells) != len(header):
+        raise NrsError(f"{where}: {len(cells)} cells for {len(header)} columns (damaged)")
+    row = dict(zip(header, cells))
+    for column, cell in row.items():
+        kind, test, expected = _CELLS.get(column, (str, lambda v: True, ""))
+        try:
+            ok = test(kind(cell))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise NrsError(f"{where}: {column} is {cell[:20]!r}, expected {expected} (damaged)")
+    if header[-1] == CHECKSUM and _checksum(cells[:-1]) != row[CHECKSUM]:
+        raise NrsError(f"{where}: the row does not match its checksum (damaged)")
+    if "correct" in row and int(row["correct"]) != int(row["predict"] == row["label"]):
+        raise NrsError(f"{where}: correct is {row['correct']} for predict {row['predict']}, label {row['label']}")
+    return row
 
 
 @dataclass(frozen=True)
@@ -265,16 +342,26 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise NrsError(f"{run_dir} is not an optimize-sigma run (no metrics.csv)")
-    rows = []
-    for raw in read_csv(path):
-        row: dict[str, Any] = dict(raw)
+    try:
+        raw_rows = read_csv(path)
+    except (UnicodeDecodeError, csv.Error):
+        raise NrsError(f"{path} is not a metrics table (damaged)") from None
+    return [_metrics_row(raw, path, number) for number, raw in enumerate(raw_rows, 2)]
+
+
+def _metrics_row(raw: dict[str, str], path: Path, number: int) -> dict[str, Any]:
+    row: dict[str, Any] = dict(raw)
+    try:
         for column in SWEEP_COLUMNS:
             if column in _SWEEP_INTEGERS:
                 row[column] = int(raw[column])
             elif column not in _SWEEP_TEXT:
                 row[column] = float(raw[column]) if raw[column] != "" else math.nan
-        rows.append(row)
-    return rows
+            elif raw[column] is None:
+                raise ValueError(column)
+    except (KeyError, TypeError, ValueError):
+        raise NrsError(f"{path} line {number}: not a row of a sweep's metrics (damaged)") from None
+    return row
 
 
 def _now() -> str:

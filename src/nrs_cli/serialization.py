@@ -4,15 +4,24 @@ Files that may come from elsewhere are read with ``torch.load(...,
 weights_only=True)``: tensors, numbers, strings, lists and dicts only, never
 arbitrary pickled objects. Everything we write goes to a temporary file first
 and is renamed into place, so an interrupted run never leaves half a file.
+Files nrs writes carry a digest of their content (``content_sha256``), so a
+damaged one is refused rather than used. An output being written is held by
+an :class:`OutputLock`, so two processes never write it at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
+import math
 import os
 import pickle
 import re
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +76,115 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+DIGEST_KEY = "content_sha256"
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """sha256 of a saved dict: its tensors (names, dtypes, shapes, values) and everything else as JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}", item)
+        else:
+            plain[prefix] = value
+
+    for key, value in payload.items():
+        if key != DIGEST_KEY:
+            walk(str(key), value)
+    text = json.dumps(plain, sort_keys=True, default=repr)
+    return hashlib.sha256((tensor_digest(tensors) + text).encode()).hexdigest()
+
+
+def with_digest(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, DIGEST_KEY: payload_digest(payload)}
+
+
+def check_digest(payload: dict[str, Any], what: str, path: str | os.PathLike) -> None:
+    """Refuse a file nrs wrote whose content no longer matches its digest (files from elsewhere have none)."""
+    if DIGEST_KEY in payload and payload[DIGEST_KEY] != payload_digest(payload):
+        raise NrsError(f"{what} {path} is damaged: its content does not match the digest it was saved with")
+
+
+def json_ready(value: Any) -> Any:
+    """Plain JSON data: non-finite floats become null, anything JSON cannot hold becomes its repr."""
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return repr(value)
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike) -> None:
+    """Strict JSON (no NaN or Infinity), written atomically."""
+    atomic_write_text(json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n", path)
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """A JSON object from a file nrs wrote, or a one-line error saying it is damaged."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        raise NrsError(f"cannot read {what} {path}: it is not the JSON object nrs wrote (damaged or truncated)")
+    return data
+
+
+class OutputLock:
+    """An exclusive lock on an output (``<path>.lock``) for as long as one process writes it.
+
+    The operating system releases the lock when the holder exits, however it
+    exits, so the lock of a killed run is simply taken over by the next one.
+    A second writer gets a one-line error naming the holder.
+    """
+
+    def __init__(self, target: str | os.PathLike, lock_path: str | os.PathLike | None = None):
+        self.target = Path(target)
+        self.path = Path(lock_path) if lock_path is not None else self.target.with_name(self.target.name + ".lock")
+        self._handle = None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise NrsError(f"{self.target} is being written by {holder}; wait for it to finish") from None
+            if self._same_file(handle):  # not a lock file its previous holder removed meanwhile
+                break
+            handle.close()
+        handle.truncate(0)
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        handle.write(
+            f"nrs process {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')} ({command})\n"
+        )
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def _same_file(self, handle) -> bool:
+        try:
+            return os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return False
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._handle is not None:
+            self.path.unlink(missing_ok=True)
+            self._handle.close()  # closing releases the lock
+            self._handle = None

@@ -31,7 +31,7 @@ import torch
 
 from nrs_cli import __version__
 from nrs_cli.errors import NrsError
-from nrs_cli.serialization import atomic_torch_save, load_weights_only, tensor_digest
+from nrs_cli.serialization import atomic_torch_save, check_digest, load_weights_only, tensor_digest, with_digest
 from nrs_cli.spec import RunSpec
 
 SIGMA_FORMAT = "nrs-sigma/1"
@@ -128,6 +128,7 @@ def load_sigma(path: str | os.PathLike, spec: RunSpec) -> Sigma:
         payload = {"sigma": payload}
     if not isinstance(payload, dict) or not isinstance(payload.get("sigma"), torch.Tensor):
         raise NrsError(f"{path} is not a sigma file (expected a tensor or a dict with a 'sigma' tensor)")
+    check_digest(payload, "sigma file", path)
     values = validate_sigma(payload["sigma"], spec.data.input_shape, str(path), spec.name)
     metadata = {key: value for key, value in payload.items() if key != "sigma"}
     return Sigma(values, Path(path).stem, metadata, str(path))
@@ -168,4 +169,4 @@ def save_sigma(path: str | os.PathLike, values: torch.Tensor, spec: RunSpec, **m
         "nrs_version": __version__,
         **metadata,
     }
-    atomic_torch_save(payload, path)
+    atomic_torch_save(with_digest(payload), path)

@@ -53,11 +53,11 @@ def sigma_to_image(values: torch.Tensor, clip: float = 0.0) -> np.ndarray:
 
 def sigma_title(sigma: Sigma) -> str:
     meta = sigma.metadata
-    parts = [str(meta["dataset"])] if meta.get("dataset") else []
-    if meta.get("init") is not None:
+    parts = [str(meta["dataset"])[:40]] if meta.get("dataset") else []
+    if isinstance(meta.get("init"), (int, float)):
         parts.append(f"from σ = {meta['init']:g}")
-    if meta.get("sub_epoch"):
-        parts.append(f"round {meta['sub_epoch']}")
+    if isinstance(meta.get("sub_epoch"), int) and meta["sub_epoch"]:
+        parts.append(f"sub-epoch {meta['sub_epoch']}")
     return ", ".join(parts) or sigma.label
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
@@ -64,8 +66,13 @@ class TrainSpec:
     lr: float
     momentum: float = 0.9
     weight_decay: float = 0.0
-    lr_step: int = 0  # multiply the learning rate by lr_gamma every lr_step epochs (0: never)
+    schedule: Literal["step", "linear"] = "step"  # step: x lr_gamma every lr_step epochs; linear: warm up, then to 0
+    lr_step: int = 0  # step schedule: multiply the learning rate by lr_gamma every lr_step epochs (0: never)
     lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear schedule: from 0 to lr over these epochs, then linearly down to 0
+    nesterov: bool = False  # SGD with Nesterov momentum
+    label_smoothing: float = 0.0
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast for training steps (mixed precision)
     augment: Literal["none", "flip", "crop-flip"] = "none"
     noise_sigma: float = 0.0  # Gaussian noise augmentation; a sigma file path is a CLI option
 
@@ -189,17 +196,15 @@ def resolve_spec_path(name_or_path: str) -> Path:
 def load_spec(name_or_path: str = "mnist-mini", overrides: dict[str, Any] | None = None) -> RunSpec:
     """Load a run spec and apply overrides given as ``{"train.epochs": 3}``.
 
-    Overrides with the value None are ignored, so CLI options that were not
-    given can be passed straight through.
+    An override of None sets the key to null (YAML's ``~``), as ``--set key=null`` does.
     """
     path = resolve_spec_path(name_or_path)
     raw = _read_raw(path, seen=())
-    spec = _build(RunSpec, raw, "", str(path))  # errors here are the file's
-    given = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
-    if given:
-        for dotted, value in given.items():
+    spec = _checked(_build(RunSpec, raw, "", str(path)), str(path))  # errors here are the file's
+    if overrides:
+        for dotted, value in overrides.items():
             _set_dotted(raw, dotted, value, "command line")
-        spec = _build(RunSpec, raw, "", "command line")  # errors here are the overrides'
+        spec = _checked(_build(RunSpec, raw, "", "command line"), "command line")  # errors here are the overrides'
     return dataclasses.replace(spec, source=str(path))
 
 
@@ -210,6 +215,8 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
         key, sep, value = assignment.partition("=")
         if not sep or not key.strip():
             raise NrsError(f"--set expects KEY=VALUE, got '{assignment}'")
+        if not value.strip():
+            raise NrsError(f"--set {key.strip()}: no value (write null for none)")
         try:
             overrides[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -222,11 +229,13 @@ def _read_raw(path: Path, seen: tuple[str, ...]) -> dict[str, Any]:
     if str(path) in seen:
         raise NrsError(f"{path}: 'extends' loops back to itself")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise NrsError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    except UnicodeDecodeError:
+        raise NrsError(f"{path}: a run spec must be UTF-8 text") from None
     except OSError as err:
         raise NrsError(f"cannot read spec {path}: {err.strerror}") from None
     if not isinstance(raw, dict):
@@ -239,6 +248,17 @@ def _read_raw(path: Path, seen: tuple[str, ...]) -> dict[str, Any]:
     sibling = path.parent / parent  # a relative file name means next to this spec
     parent_path = sibling if sibling.suffix in (".yaml", ".yml") and sibling.is_file() else resolve_spec_path(parent)
     return _merge(_read_raw(parent_path, seen + (str(path),)), raw)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML without aliases: a spec never needs them, and a few bytes of nested aliases can expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a run spec", self.peek_event().start_mark
+            )
+        return super().compose_node(parent, index)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +283,7 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: str) -> No
 
 def _build(cls: type, raw: Any, where: str, source: str):
     if not isinstance(raw, dict):
-        raise NrsError(f"{source}: {where or 'spec'}: expected a mapping of keys, got {raw!r}")
+        raise NrsError(f"{source}: {where or 'spec'}: expected a mapping of keys, got {_short(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls) if f.name not in _NOT_KEYS]
     for key in raw:
@@ -281,6 +301,65 @@ def _build(cls: type, raw: Any, where: str, source: str):
     return cls(**values)
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SEED = (lambda v: 0 <= v < 2**63, "an integer from 0 to 2^63 - 1")
+_POSITIVE = (lambda v: v > 0 and math.isfinite(v), "a positive number")
+_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+_AT_LEAST_0 = (lambda v: v >= 0 and math.isfinite(v), "0 or more")
+_ALL_OR_COUNT = (lambda v: v >= -1, "-1 (all) or a count")
+_OPTIONAL_AT_LEAST_1 = (lambda v: v is None or v >= 1, "null or at least 1")
+# Ranges checked after the types: dotted key -> (test, what is expected).
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: bool(_NAME.fullmatch(v)), "letters, digits, '.', '_' or '-' (it names run folders)"),
+    "seed": _SEED,
+    "data.split_seed": _SEED,
+    "data.input_shape": (lambda v: len(v) == 3 and min(v) >= 1, "[channels, height, width], all positive"),
+    "data.num_classes": (lambda v: v >= 2, "at least 2"),
+    "data.mean": (lambda v: all(math.isfinite(m) for m in v), "finite numbers"),
+    "data.std": (lambda v: all(x > 0 and math.isfinite(x) for x in v), "positive numbers"),
+    "data.train_size": _OPTIONAL_AT_LEAST_1,
+    "data.test_size": _OPTIONAL_AT_LEAST_1,
+    "data.test_fraction": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
+    "data.resize": _OPTIONAL_AT_LEAST_1,
+    "data.crop": _OPTIONAL_AT_LEAST_1,
+    "data.workers": _AT_LEAST_0,
+    "train.epochs": _AT_LEAST_0,
+    "train.batch_size": _AT_LEAST_1,
+    "train.lr": _POSITIVE,
+    "train.momentum": (lambda v: 0 <= v < 1, "a number from 0 to below 1"),
+    "train.weight_decay": _AT_LEAST_0,
+    "train.lr_step": _AT_LEAST_0,
+    "train.lr_gamma": _POSITIVE,
+    "train.noise_sigma": _AT_LEAST_0,
+    "train.warmup_epochs": _AT_LEAST_0,
+    "train.label_smoothing": (lambda v: 0 <= v < 1, "a number from 0 to below 1"),
+    "optimize.eval_max": _ALL_OR_COUNT,
+    "certify.n0": _AT_LEAST_1,
+    "certify.n": _AT_LEAST_1,
+    "certify.alpha": (lambda v: 0 < v < 1, "a number strictly between 0 and 1"),
+    "certify.skip": _AT_LEAST_1,
+    "certify.max": _ALL_OR_COUNT,
+    "certify.sigma": (lambda v: v is None or (v > 0 and math.isfinite(v)), "null or a positive number"),
+    "engine.chunk_size": (lambda v: v >= 0, "0 (chosen per device) or a number of samples"),
+    "figures.certify_max": (lambda v: v is None or v >= -1, "null, -1 (all) or a count"),
+    "figures.sigmas": _AT_LEAST_1,
+}
+
+
+def _checked(spec: RunSpec, source: str) -> RunSpec:
+    """Refuse values of the right type but outside their range, and means and stds that do not fit the channels."""
+    for dotted, (test, expected) in _RANGES.items():
+        value = spec
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if not test(value):
+            raise NrsError(f"{source}: {dotted}: expected {expected}, got {_short(value)}")
+    channels = spec.data.input_shape[0]
+    if len(spec.data.mean) != channels or len(spec.data.std) != channels:
+        raise NrsError(f"{source}: data.mean and data.std need one value per channel ({channels})")
+    return spec
+
+
 def _convert(annotation: Any, value: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -293,29 +372,35 @@ def _convert(annotation: Any, value: Any, key: str, source: str) -> Any:
         return _convert(inner, value, key, source)
     if origin is Literal:
         if value not in args:
-            raise NrsError(f"{source}: {key}: expected one of {', '.join(map(str, args))}, got {value!r}")
+            raise NrsError(f"{source}: {key}: expected one of {', '.join(map(str, args))}, got {_short(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise NrsError(f"{source}: {key}: expected a list, got {value!r}")
+            raise NrsError(f"{source}: {key}: expected a list, got {_short(value)}")
         return tuple(_convert(args[0], item, key, source) for item in value)
     if annotation is bool:
         if not isinstance(value, bool):
-            raise NrsError(f"{source}: {key}: expected true or false, got {value!r}")
+            raise NrsError(f"{source}: {key}: expected true or false, got {_short(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise NrsError(f"{source}: {key}: expected an integer, got {value!r}")
+            raise NrsError(f"{source}: {key}: expected an integer, got {_short(value)}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise NrsError(f"{source}: {key}: expected a number, got {value!r}")
+            raise NrsError(f"{source}: {key}: expected a number, got {_short(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise NrsError(f"{source}: {key}: expected a string, got {value!r}")
+            raise NrsError(f"{source}: {key}: expected a string, got {_short(value)}")
         return value
     raise TypeError(f"unsupported spec annotation {annotation!r}")  # a bug in this module
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: its repr, cut to one readable line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _join(where: str, key: str) -> str:

@@ -17,8 +17,8 @@ initialisation's sub-epochs) and :func:`compare_to_isotropic`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import math
 import statistics
 import time
@@ -32,7 +32,8 @@ from torch.utils.data import Dataset
 
 from nrs_cli.collective import SINGLE_PROCESS, Collective
 from nrs_cli.compare import front_curve, gain_over
-from nrs_cli.data import selected_indices
+from nrs_cli.data import inputs_digest, selected_indices
+from nrs_cli.errors import NrsError
 from nrs_cli.models import model_digest
 from nrs_cli.noise import GaussianNoise
 from nrs_cli.optimize import (
@@ -46,7 +47,15 @@ from nrs_cli.optimize import (
 )
 from nrs_cli.results import CertifiedSummary, check_fingerprint, write_manifest, write_metrics
 from nrs_cli.sampling import SamplingEngine, build_engine
-from nrs_cli.serialization import atomic_torch_save, atomic_write_text, load_weights_only
+from nrs_cli.serialization import (
+    DIGEST_KEY,
+    OutputLock,
+    atomic_torch_save,
+    check_digest,
+    load_weights_only,
+    with_digest,
+    write_json,
+)
 from nrs_cli.sigma import Sigma, SigmaStats, constant_sigma, save_sigma
 from nrs_cli.spec import RunSpec
 
@@ -139,12 +148,17 @@ class RunState:
 
     @classmethod
     def load(cls, run_dir: Path, fingerprint: dict[str, Any], fresh: dict[str, Any]) -> RunState:
-        """The saved state, or ``fresh`` for a new run; refuses a run made with anything else."""
+        """The saved state, or ``fresh`` for a new run; refuses a run made with anything else, or a damaged state."""
         path = run_dir / "state.pt"
         if not path.is_file():
             return cls(run_dir, {"fingerprint": fingerprint, "rows": [], **fresh})
-        values = load_weights_only(path, "sweep state")
-        check_fingerprint(run_dir, values.get("fingerprint", {}), fingerprint, "delete it or choose another --name")
+        values = load_weights_only(path, "run state")
+        remedy = f"delete {run_dir} or choose another --name"
+        if not isinstance(values, dict) or set(values) - {DIGEST_KEY} != {"fingerprint", "rows", *fresh}:
+            raise NrsError(f"{path} is not the state of this kind of run (damaged?): {remedy}")
+        check_digest(values, "run state", path)
+        values.pop(DIGEST_KEY, None)
+        check_fingerprint(run_dir, values["fingerprint"], fingerprint, remedy)
         return cls(run_dir, values)
 
     @property
@@ -156,8 +170,8 @@ class RunState:
 
     def save(self, collective: Collective) -> None:
         if collective.is_main:
-            atomic_torch_save(self.values, self.run_dir / "state.pt")
             write_metrics(self.run_dir / "metrics.csv", self.rows)
+            atomic_torch_save(with_digest(self.values), self.run_dir / "state.pt")
         collective.barrier()
 
 
@@ -189,15 +203,15 @@ class OptimizeContext:
         return evaluate_sigma(self.engine, sigma, job.test_set, self.eval_indices, job.spec, job.collective)
 
 
-def fingerprint(job: OptimizeJob) -> dict[str, Any]:
-    """Everything a sweep's rows depend on."""
+def fingerprint(job: OptimizeJob, eval_indices: list[int]) -> dict[str, Any]:
+    """Everything a sweep's rows depend on, the data actually read included."""
     return {
         "spec_sha256": job.spec.digest("data", "optimize", "seed"),
         "precision": job.spec.engine.precision,
         "device_type": job.device.type,
         "model_sha256": model_digest(job.model),
-        "train_size": len(job.train_set),
-        "test_size": len(job.test_set),
+        "train_sha256": inputs_digest(job.train_set, list(range(len(job.train_set)))),
+        "test_sha256": inputs_digest(job.test_set, eval_indices),
     }
 
 
@@ -221,18 +235,26 @@ def sweep_run(job: OptimizeJob, on_event: Callable[[SweepEvent], None] | None = 
     check_optimize_options(spec.optimize)
     context = OptimizeContext.build(job, on_event)
     fresh = {"position": [0, 0], "baseline_done": False, "log_sigma": None, "optimizer": None}
-    state = RunState.load(job.run_dir, fingerprint(job), fresh)
-    if job.collective.is_main and state.values["position"] == [0, 0] and not state.rows:
-        write_run_manifest(context, "optimize-sigma", state.values["fingerprint"])
-    if spec.optimize.baseline and not state.values["baseline_done"]:
-        run_isotropic_baseline(context, state)
-    constants = sweep_constants(spec)
-    for init_index in range(state.values["position"][0], len(constants)):
-        optimise_from_constant(context, state, init_index, constants[init_index])
-    comparison = compare_to_isotropic(state.rows)
-    if job.collective.is_main:
-        atomic_write_text(json.dumps(comparison, indent=2) + "\n", job.run_dir / "summary.json")
+    with run_lock(job):
+        state = RunState.load(job.run_dir, fingerprint(job, context.eval_indices), fresh)
+        if job.collective.is_main and state.values["position"] == [0, 0] and not state.rows:
+            write_run_manifest(context, "optimize-sigma", state.values["fingerprint"])
+        if spec.optimize.baseline and not state.values["baseline_done"]:
+            run_isotropic_baseline(context, state)
+        constants = sweep_constants(spec)
+        for init_index in range(state.values["position"][0], len(constants)):
+            optimise_from_constant(context, state, init_index, constants[init_index])
+        comparison = compare_to_isotropic(state.rows)
+        if job.collective.is_main:
+            write_json(comparison, job.run_dir / "summary.json")
     return SweepResult(job.run_dir, state.rows, comparison)
+
+
+def run_lock(job: OptimizeJob) -> contextlib.AbstractContextManager:
+    """The run folder's lock, held by the process that writes it (rank 0)."""
+    if not job.collective.is_main:
+        return contextlib.nullcontext()
+    return OutputLock(job.run_dir, job.run_dir / ".lock")
 
 
 def write_run_manifest(context: OptimizeContext, kind: str, run_fingerprint: dict[str, Any]) -> None:
