@@ -118,6 +118,10 @@ _SWEEP_TEXT = ("method", "sigma_file")
 _SWEEP_INTEGERS = ("sub_epoch", "step")
 
 
+# Tables nrs reads: certify and predict, and the same without the checksum (written before it existed).
+_KNOWN_HEADERS = [CERTIFY_COLUMNS, PREDICT_COLUMNS, CERTIFY_COLUMNS[:-1], PREDICT_COLUMNS[:-1]]
+
+
 def _finite(low: float = -math.inf, high: float = math.inf):
     return lambda value: math.isfinite(value) and low <= value <= high
 
@@ -240,8 +244,8 @@ def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
     except OSError as err:
         raise NrsError(f"cannot read {path}: {err.strerror}") from None
     header = _decode(lines[0], path, 1).split("\t")
-    if not header or header[0] != "idx" or len(set(header)) != len(header):
-        raise NrsError(f"{path} is not a result table (its first line is not a header starting with idx)")
+    if header not in _KNOWN_HEADERS:
+        raise NrsError(f"{path} is not a certify or predict table (its first line is not their header)")
     if lines[-1] == b"":
         lines.pop()
     return [_parse_row(header, _decode(line, path, number), path, number) for number, line in enumerate(lines[1:], 2)]

@@ -22,6 +22,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ def load_weights_only(path: str | os.PathLike, what: str) -> Any:
     if not path.is_file():
         raise NrsError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on checking sparse tensors: one line per error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         refused = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
         if refused:

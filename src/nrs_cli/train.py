@@ -299,19 +299,23 @@ def train_base_run(
         resume = load_train_state(run_dir, fingerprint)
         earlier = [EpochMetrics(**row) for row in resume["history"]] if resume else []
         saver = EpochSaver(job, run_dir, fingerprint, on_epoch, earlier)
-        if resume and len(earlier) >= job.spec.train.epochs:
+        if resume:
             job.model.load_state_dict(resume["model"])
-            return saver.result(resume["test_accuracy"], earlier, 0)
+            if not saver.outputs_current():  # killed after the state was saved, before the rest
+                saver.save_outputs(resume["test_accuracy"])
+            if len(earlier) >= job.spec.train.epochs:
+                return saver.result(resume["test_accuracy"], earlier, 0)
         history = train_base(job, saver, on_batch, resume)
         if history:
             return saver.result(history[-1].test_accuracy, history, len(history) - len(earlier))
         accuracy = evaluate_accuracy(job.model.to(job.device), job.test_set, job.device)
-        saver.save(accuracy, [], Trainer(job))
+        saver.save(accuracy, Trainer(job))
         return saver.result(accuracy, [], 0)
 
 
 class EpochSaver:
-    """Writes the run folder after an epoch: checkpoint, metrics, manifest, and last the state to resume from."""
+    """Writes the run folder after an epoch: first the state to resume from (the commit point), then the
+    checkpoint, metrics and manifest, which a resumed run rewrites from the state if a kill cut them short."""
 
     def __init__(
         self, job: TrainJob, run_dir: Path, fingerprint: dict[str, Any], on_epoch, earlier: list[EpochMetrics]
@@ -324,11 +328,22 @@ class EpochSaver:
 
     def __call__(self, metrics: EpochMetrics, trainer: Trainer) -> None:
         self.history.append(metrics)
-        self.save(metrics.test_accuracy, self.history, trainer)
+        self.save(metrics.test_accuracy, trainer)
         if self.on_epoch:
             self.on_epoch(metrics)
 
-    def save(self, test_accuracy: float, history: list[EpochMetrics], trainer: Trainer) -> None:
+    def save(self, test_accuracy: float, trainer: Trainer) -> None:
+        state = {
+            "fingerprint": self.fingerprint,
+            "history": [dataclasses.asdict(m) for m in self.history],
+            "test_accuracy": test_accuracy,
+            "model": {key: value.detach().cpu() for key, value in self.job.model.state_dict().items()},
+            "trainer": trainer.state_dict(),
+        }
+        atomic_torch_save(with_digest(state), self.run_dir / STATE_FILE)
+        self.save_outputs(test_accuracy)
+
+    def save_outputs(self, test_accuracy: float) -> None:
         job, noise = self.job, self.job.noise_sigma
         noise_info = {
             "noise_sigma": noise.label if noise else 0.0,
@@ -343,7 +358,6 @@ class EpochSaver:
             test_accuracy=test_accuracy,
             **noise_info,
         )
-        write_csv(self.run_dir / "metrics.csv", METRIC_COLUMNS, [dataclasses.asdict(m) for m in history])
         write_manifest(
             self.run_dir / "manifest.json",
             "train-base",
@@ -354,14 +368,12 @@ class EpochSaver:
             test_accuracy=test_accuracy,
             **noise_info,
         )
-        state = {
-            "fingerprint": self.fingerprint,
-            "history": [dataclasses.asdict(m) for m in history],
-            "test_accuracy": test_accuracy,
-            "model": {key: value.detach().cpu() for key, value in model.state_dict().items()},
-            "trainer": trainer.state_dict(),
-        }
-        atomic_torch_save(with_digest(state), self.run_dir / STATE_FILE)
+        write_csv(self.run_dir / "metrics.csv", METRIC_COLUMNS, [dataclasses.asdict(m) for m in self.history])
+
+    def outputs_current(self) -> bool:
+        """Whether the files written after the state describe the state's epochs (metrics.csv comes last)."""
+        metrics = self.run_dir / "metrics.csv"
+        return metrics.is_file() and metrics.read_text().count("\n") == len(self.history) + 1
 
     def result(self, test_accuracy: float, history: list[EpochMetrics], epochs_run: int) -> TrainResult:
         return TrainResult(self.run_dir, self.run_dir / "checkpoint.pt", test_accuracy, history, epochs_run)
