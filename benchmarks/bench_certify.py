@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_certify.py                 # paper's MNIST CNN on the CPU
     .venv/bin/python benchmarks/bench_certify.py --arch resnet50 --device cuda --images 10
+    .venv/bin/python benchmarks/bench_certify.py --against HEAD  # also the engine as committed at HEAD
+    .venv/bin/python benchmarks/bench_certify.py --quick         # seconds: that it runs, not what it measures
 
 Workload (issue defaults): n0=100, n=1000, alpha=0.001, the first test images
 of mnist-mini (random pixels for other input shapes). Prints one table:
@@ -15,8 +17,10 @@ samples/s of
   by the engine for this device;
 
 with the ratio to the per-input loop and the fraction of the measured fp32
-(and bf16) matmul rate that the model's FLOPs reach. Then a chunk-size scan
-and peak memory at n=1,000 vs n=100,000.
+(and bf16) matmul rate that the model's FLOPs reach. ``--compile`` adds the
+engine with its forward pass compiled (``engine.compile``); ``--against REV``
+the engine of a git revision, interleaved with today's (a regression check).
+Then a chunk-size scan and peak memory at n=1,000 vs n=100,000.
 """
 
 from __future__ import annotations
@@ -31,7 +35,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import forward_flops, interleaved, markdown_table, matmul_flops_per_second, peak_rss_bytes  # noqa: E402
+from common import (  # noqa: E402
+    bench_spec,
+    forward_flops,
+    import_revision,
+    interleaved,
+    markdown_table,
+    matmul_flops_per_second,
+    peak_rss_bytes,
+)
 
 from nrs_cli.certify import Smooth, inputs_per_group, lower_confidence_bound  # noqa: E402
 from nrs_cli.data import load_split  # noqa: E402
@@ -40,7 +52,6 @@ from nrs_cli.models import build_model  # noqa: E402
 from nrs_cli.noise import GaussianNoise  # noqa: E402
 from nrs_cli.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
 from nrs_cli.sigma import constant_sigma  # noqa: E402
-from nrs_cli.spec import load_spec  # noqa: E402
 
 SPEC_FOR_ARCH = {"mnist_cnn": "mnist-mini", "cifar_resnet110": "cifar10", "resnet50": "imagenet"}
 
@@ -68,8 +79,8 @@ def per_input_certify(model, images, sigma, n0, n, alpha, batch, num_classes):
     return len(images) * (n0 + n)
 
 
-def engine_certify(engine, sigma, images, n0, n, alpha):
-    smooth = Smooth(engine, sigma, seed=0)
+def engine_certify(engine, sigma, images, n0, n, alpha, smooth_class=Smooth):
+    smooth = smooth_class(engine, sigma, seed=0)
     group = inputs_per_group(engine.chunk_size, n0, n)
     for start in range(0, len(images), group):
         batch = images[start : start + group]
@@ -104,11 +115,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scan-images", type=int, default=10, help="images per batch/chunk-size scan round")
     parser.add_argument("--memory-n", type=int, default=100_000, help="large n for the memory check (0: skip)")
+    parser.add_argument("--compile", action="store_true", help="also the engine with a compiled forward pass")
+    parser.add_argument("--against", metavar="REV", help="also the engine of this git revision, interleaved")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs (make test)")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.n0, args.n, args.rounds, args.scan_images, args.memory_n = 2, 8, 16, 1, 1, 0
 
     keep_freed_memory()  # as build_engine does; process-wide, so the baselines get it too
     device = torch.device(args.device)
-    spec = load_spec(SPEC_FOR_ARCH[args.arch], {"model.arch": args.arch, "model.pretrained": False})
+    spec = bench_spec(SPEC_FOR_ARCH[args.arch], args.arch, args.quick)
     shape, classes = spec.data.input_shape, spec.data.num_classes
     if args.arch == "mnist_cnn":
         test = load_split(spec.data, "test")
@@ -131,11 +147,12 @@ def main() -> None:
         memory_line = peak_memory(fp32, images[:1], sigma, args.memory_n, device)
 
     flops = forward_flops(plain, shape, device)
-    limit_fp32 = matmul_flops_per_second(device, torch.float32)
-    limit_bf16 = matmul_flops_per_second(device, torch.bfloat16)
+    limit_fp32 = matmul_flops_per_second(device, torch.float32, args.quick)
+    limit_bf16 = matmul_flops_per_second(device, torch.bfloat16, args.quick)
     n0, n, alpha = args.n0, args.n, args.alpha
 
     scan_sizes = [50, 100, 200, 400, 1000] if device.type == "cpu" else [100, 400, 1000, 4000]
+    scan_sizes = scan_sizes[:1] if args.quick else scan_sizes
     few = images[: args.scan_images]
     scan = interleaved(
         {b: (lambda b=b: per_input_certify(plain, few, 0.25, n0, n, alpha, b, classes)) for b in scan_sizes},
@@ -144,25 +161,34 @@ def main() -> None:
     )
     best_batch = max(scan, key=lambda b: scan[b]["best"])
 
-    results = interleaved(
-        {
-            "per-input loop": lambda: per_input_certify(plain, images, 0.25, n0, n, alpha, best_batch, classes),
-            "per-input loop, channels_last": lambda: per_input_certify(
-                plain_cl, images, 0.25, n0, n, alpha, best_batch, classes
-            ),
-            "nrs engine fp32": lambda: engine_certify(fp32, sigma, images, n0, n, alpha),
-            "nrs engine bf16": lambda: engine_certify(bf16, sigma, images, n0, n, alpha),
-        },
-        rounds=args.rounds,
-        device=device,
-    )
-    baseline = results["per-input loop"]["best"]
+    workloads = {
+        "per-input loop": lambda: per_input_certify(plain, images, 0.25, n0, n, alpha, best_batch, classes),
+        "per-input loop, channels_last": lambda: per_input_certify(
+            plain_cl, images, 0.25, n0, n, alpha, best_batch, classes
+        ),
+        "nrs engine fp32": lambda: engine_certify(fp32, sigma, images, n0, n, alpha),
+        "nrs engine bf16": lambda: engine_certify(bf16, sigma, images, n0, n, alpha),
+    }
     sizes = {
         "per-input loop": best_batch,
         "per-input loop, channels_last": best_batch,
         "nrs engine fp32": chunk,
         "nrs engine bf16": chunk_bf16,
     }
+    if args.compile:
+        compiled = SamplingEngine(torch.compile(prepared, dynamic=True), classes, shape, device, "bf16", chunk_bf16)
+        engine_certify(compiled, sigma, images[:1], n0, n, alpha)  # compile outside the timing
+        workloads["nrs engine bf16, compiled forward"] = lambda: engine_certify(compiled, sigma, images, n0, n, alpha)
+        sizes["nrs engine bf16, compiled forward"] = chunk_bf16
+    if args.against:
+        old = import_revision(args.against)
+        for precision, size in (("fp32", chunk), ("bf16", chunk_bf16)):
+            engine = old.sampling.SamplingEngine(prepared, classes, shape, device, precision, size)
+            name = f"nrs engine {precision} at {args.against}"
+            workloads[name] = lambda e=engine: engine_certify(e, sigma, images, n0, n, alpha, old.certify.Smooth)
+            sizes[name] = size
+    results = interleaved(workloads, rounds=args.rounds, device=device)
+    baseline = results["per-input loop"]["best"]
     rows = []
     for name, rate in results.items():
         achieved = flops * rate["best"]
@@ -208,6 +234,8 @@ def main() -> None:
         + ", ".join(f"{b}: {r['best']:,.0f}" for b, r in scan.items())
     )
 
+    if args.quick:
+        return
     chunk_scan = interleaved(
         {
             c: (

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import forward_flops, interleaved, markdown_table, matmul_flops_per_second  # noqa: E402
+from common import bench_spec, forward_flops, interleaved, markdown_table, matmul_flops_per_second  # noqa: E402
 
 from nrs_cli.devices import keep_freed_memory  # noqa: E402
 from nrs_cli.models import build_model  # noqa: E402
@@ -67,11 +67,14 @@ def main() -> None:
     parser.add_argument("--n0", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3, help="optimisation steps per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs (make test)")
     args = parser.parse_args()
+    if args.quick:
+        args.batch_size, args.n0, args.steps, args.rounds = 2, 4, 1, 1
 
     keep_freed_memory()  # as build_engine does; process-wide, so the baselines get it too
     device = torch.device(args.device)
-    spec = load_spec(SPEC_FOR_ARCH[args.arch], {"model.arch": args.arch, "model.pretrained": False})
+    spec = bench_spec(SPEC_FOR_ARCH[args.arch], args.arch, args.quick)
     shape, classes = spec.data.input_shape, spec.data.num_classes
     generator = torch.Generator().manual_seed(0)
     images = torch.rand((args.batch_size, *shape), generator=generator).to(device)
@@ -128,7 +131,7 @@ def main() -> None:
     )
     baseline = results["per-input loop, trainable weights"]["best"]
     flops = forward_flops(reference, shape, device)
-    limit = matmul_flops_per_second(device, torch.float32)
+    limit = matmul_flops_per_second(device, torch.float32, args.quick)
     sizes = {"nrs algorithm1_step fp32": chunks["fp32"], "nrs algorithm1_step bf16": chunks["bf16"]}
     rows = [
         [

@@ -7,9 +7,14 @@ interleaved, several rounds, and reports the best and the median round.
 
 from __future__ import annotations
 
+import importlib
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -21,10 +26,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops_per_second(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+def matmul_flops_per_second(device: torch.device, dtype: torch.dtype = torch.float32, quick: bool = False) -> float:
     """Best measured dense matmul rate (FLOP/s) over a few sizes: the hardware limit we compare with."""
     best = 0.0
     sizes = (1024, 2048, 4096) if device.type == "cpu" else (4096, 8192)
+    sizes = sizes[:1] if quick else sizes
     for size in sizes:
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
@@ -32,6 +38,7 @@ def matmul_flops_per_second(device: torch.device, dtype: torch.dtype = torch.flo
             a @ b
         synchronize(device)
         repeats = max(2, int(4e10 // (2 * size**3))) if device.type == "cpu" else 20
+        repeats = 2 if quick else repeats
         for _ in range(3):
             start = time.perf_counter()
             for _ in range(repeats):
@@ -62,6 +69,50 @@ def interleaved(workloads: dict[str, Callable[[], int]], rounds: int, device: to
             synchronize(device)
             rates[name].append(samples / (time.perf_counter() - start))
     return {name: {"best": max(r), "median": statistics.median(r)} for name, r in rates.items()}
+
+
+def bench_spec(name: str, arch: str, quick: bool = False):
+    """The run spec a benchmark uses: random initial weights; in quick mode 64x64 instead of 224x224 images."""
+    from nrs_cli.spec import load_spec
+
+    overrides = {"model.arch": arch, "model.pretrained": False}
+    spec = load_spec(name, overrides)
+    if quick and spec.data.input_shape[1] > 64:
+        spec = load_spec(name, {**overrides, "data.input_shape": [spec.data.input_shape[0], 64, 64]})
+    return spec
+
+
+def import_revision(revision: str):
+    """The nrs package as committed at a git revision, importable beside the working tree's
+    (as ``nrs_cli_at_revision``): to measure a change against what it changes, in one interleaved run."""
+    repository = Path(__file__).resolve().parents[1]
+    folder = Path(tempfile.mkdtemp(prefix="nrs-revision-"))
+    package = folder / "nrs_cli_at_revision"
+    listing = subprocess.run(
+        ["git", "ls-tree", "--name-only", f"{revision}:src/nrs_cli"],
+        cwd=repository,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    package.mkdir()
+    for name in (n for n in listing if n.endswith(".py")):
+        source = subprocess.run(
+            ["git", "show", f"{revision}:src/nrs_cli/{name}"],
+            cwd=repository,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        (package / name).write_text(
+            source.replace("nrs_cli.", "nrs_cli_at_revision.").replace(
+                "from nrs_cli import", "from nrs_cli_at_revision import"
+            )
+        )
+    sys.path.insert(0, str(folder))
+    for module in ("sampling", "certify", "noise"):
+        importlib.import_module(f"nrs_cli_at_revision.{module}")
+    return importlib.import_module("nrs_cli_at_revision")
 
 
 def peak_rss_bytes() -> int:

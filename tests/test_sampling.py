@@ -1,46 +1,41 @@
 """The Monte Carlo engine: counts, invariance to batching, memory, the differentiable path."""
 
+import pytest
 import torch
 from linear import SHAPE, linear_engine, linear_model
 from torch import nn
 
 from nrs_cli.noise import NOISE_BLOCK, GaussianNoise, block_seed
-from nrs_cli.sampling import SamplingEngine, chunk_rows, prepare_model
+from nrs_cli.sampling import SamplingEngine, prepare_model
 
 
-def test_chunk_rows_cover_every_sample_once():
-    for inputs, samples, chunk in ((3, 10, 4), (1, 100, 64), (5, 7, 100), (2, 64, 64)):
-        seen = []
-        for start, stop, rows in chunk_rows(inputs, samples, chunk):
-            assert stop - start <= chunk and sum(e - f for _, f, e in rows) == stop - start
-            seen += [(owner, j) for owner, f, e in rows for j in range(f, e)]
-        assert seen == [(owner, j) for owner in range(inputs) for j in range(samples)]
-
-
-def test_noise_depends_only_on_seed_index_and_phase():
-    noise = GaussianNoise(3, "estimation")
+@pytest.mark.parametrize("counter", [False, True])
+def test_noise_depends_only_on_seed_index_and_phase(counter):
+    noise = GaussianNoise(3, "estimation", counter)
     whole = noise.fill(torch.empty(300, *SHAPE), 42, 0, 300)
     pieces = torch.cat([noise.fill(torch.empty(e - s, *SHAPE), 42, s, e) for s, e in ((0, 5), (5, 130), (130, 300))])
     assert torch.equal(whole, pieces)
     assert torch.equal(noise.fill(torch.empty(10, *SHAPE), 42, 0, 10), whole[:10])  # a prefix for smaller n
-    assert not torch.equal(GaussianNoise(3, "selection").fill(torch.empty(10, *SHAPE), 42, 0, 10), whole[:10])
+    other_phase = GaussianNoise(3, "selection", counter).fill(torch.empty(10, *SHAPE), 42, 0, 10)
+    assert not torch.equal(other_phase, whole[:10])
     assert not torch.equal(noise.fill(torch.empty(10, *SHAPE), 43, 0, 10), whole[:10])
-    assert not torch.equal(GaussianNoise(4, "estimation").fill(torch.empty(10, *SHAPE), 42, 0, 10), whole[:10])
+    assert not torch.equal(GaussianNoise(4, "estimation", counter).fill(torch.empty(10, *SHAPE), 42, 0, 10), whole[:10])
     assert block_seed(3, "estimation", 42, 1) != block_seed(3, "estimation", 42, 0)
     assert abs(float(whole.mean())) < 0.05 and abs(float(whole.std()) - 1) < 0.05
 
 
-def test_counts_are_invariant_to_chunk_size_and_batching():
+@pytest.mark.parametrize("counter", [False, True])
+def test_counts_are_invariant_to_chunk_size_and_batching(counter):
     model = linear_model()
     x = torch.rand((6, *SHAPE), generator=torch.Generator().manual_seed(0))
     sigma = 0.3 + torch.rand(SHAPE, generator=torch.Generator().manual_seed(1))
     indices = [10, 11, 12, 13, 14, 15]
-    reference = linear_engine(model, 1000).count(x, indices, sigma, 150, GaussianNoise(0, "p"))
+    reference = linear_engine(model, 1000).count(x, indices, sigma, 150, GaussianNoise(0, "p", counter))
     for chunk in (1, 7, NOISE_BLOCK, 333):
         engine = linear_engine(model, chunk)
-        assert torch.equal(engine.count(x, indices, sigma, 150, GaussianNoise(0, "p")), reference)
+        assert torch.equal(engine.count(x, indices, sigma, 150, GaussianNoise(0, "p", counter)), reference)
         one_by_one = torch.cat(
-            [engine.count(x[i : i + 1], [indices[i]], sigma, 150, GaussianNoise(0, "p")) for i in range(6)]
+            [engine.count(x[i : i + 1], [indices[i]], sigma, 150, GaussianNoise(0, "p", counter)) for i in range(6)]
         )
         assert torch.equal(one_by_one, reference)
     assert reference.sum(1).tolist() == [150] * 6

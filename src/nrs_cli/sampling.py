@@ -22,7 +22,7 @@ on the batch or chunk size.
 
 from __future__ import annotations
 
-from typing import Iterator
+import math
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ CPU_CHUNK_LIMITS = (8, 1024)
 # On a GPU, big passes keep it busy; take this share of the free memory.
 GPU_MEMORY_SHARE = 0.5
 GPU_CHUNK_LIMITS = (8, 65536)
+GPU_PROBES = (32, 256)  # samples in the two passes that measure memory per sample
 
 
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = True) -> nn.Module:
@@ -84,37 +85,23 @@ def _largest_activation_bytes(model: nn.Module, input_shape, device, precision) 
 
 
 def _gpu_chunk_size(model, input_shape, device, precision) -> int:
-    probe = 8
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    x = torch.rand((probe, *input_shape), device=device)
-    with torch.inference_mode(), autocast(device, precision):
-        out = model(x)
-    torch.cuda.synchronize(device)
-    per_sample = max(1, (torch.cuda.max_memory_allocated(device) - before) // probe)
-    del x, out
+    """Half the free memory over the memory of one sample: the slope between two probe batches (so the
+    fixed workspace of a pass is not counted per sample), plus the sample's noise and noisy input."""
+
+    def peak(samples: int) -> int:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with torch.inference_mode(), autocast(device, precision):
+            model(torch.rand((samples, *input_shape), device=device))
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+
+    small, large = GPU_PROBES
+    per_sample = max(1, (peak(large) - peak(small)) // (large - small)) + 2 * 4 * math.prod(input_shape)
     free, _ = torch.cuda.mem_get_info(device)
     chunk = int(free * GPU_MEMORY_SHARE // per_sample)
     return max(GPU_CHUNK_LIMITS[0], min(GPU_CHUNK_LIMITS[1], chunk))
-
-
-def chunk_rows(num_inputs: int, num_samples: int, chunk_size: int) -> Iterator[tuple[int, int, list]]:
-    """Cut the ``num_inputs * num_samples`` flattened samples into chunks.
-
-    Yields ``(start, stop, rows)``: the chunk covers flattened positions
-    ``start..stop-1`` and ``rows`` lists ``(input, first_sample, end_sample)``.
-    """
-    total = num_inputs * num_samples
-    for start in range(0, total, chunk_size):
-        stop = min(start + chunk_size, total)
-        rows, position = [], start
-        while position < stop:
-            owner, first = divmod(position, num_samples)
-            end = min(num_samples, first + stop - position)
-            rows.append((owner, first, end))
-            position += end - first
-        yield start, stop, rows
 
 
 class SamplingEngine:
@@ -152,26 +139,25 @@ class SamplingEngine:
         """Class counts ``(B, C)`` (int64, on the CPU) of ``f(x_i + sigma * z_ij)``, j < num_samples.
 
         ``indices[i]`` is input i's index in its dataset: it keys the noise.
+        Votes are tallied on the device; the counts come back in one copy.
         """
         batch_size, classes = len(x), self.num_classes
-        x = x.to(self.device, non_blocking=True)
+        x = self._to_device(x)
         sigma = sigma.to(self.device)
+        draws = noise.inputs(indices, num_samples, self.device)
         counts = torch.zeros(batch_size * classes, dtype=torch.long, device=self.device)
-        width = min(self.chunk_size, batch_size * num_samples)
+        total = batch_size * num_samples
+        width = min(self.chunk_size, total)
         buffer = torch.empty((width, *self.input_shape), device=self.device)
         positions = torch.arange(width, device=self.device)
         ones = torch.ones(width, dtype=torch.long, device=self.device)
-        for start, stop, rows in chunk_rows(batch_size, num_samples, self.chunk_size):
-            noisy = buffer[: stop - start]
-            offset = 0
-            for owner, first, end in rows:
-                part = noisy[offset : offset + end - first]
-                noise.fill(part, indices[owner], first, end).mul_(sigma).add_(x[owner])
-                offset += end - first
+        for start in range(0, total, width):
+            rows = min(width, total - start)
+            owners = (positions[:rows] + start) // num_samples
+            noisy = draws.fill(buffer[:rows], start).mul_(sigma).add_(x[owners])
             with autocast(self.device, self.precision):
                 predictions = self.model(noisy).argmax(1)
-            owners = (positions[: stop - start] + start) // num_samples
-            counts.index_add_(0, owners * classes + predictions, ones[: stop - start])
+            counts.index_add_(0, owners * classes + predictions, ones[:rows])
         return counts.view(batch_size, classes).cpu()
 
     def mean_softmax(
@@ -191,16 +177,15 @@ class SamplingEngine:
         ``B * num_samples``, so the caller sizes the batch.
         """
         batch_size, classes = len(x), self.num_classes
-        x = x.to(self.device, non_blocking=True)
+        x = self._to_device(x)
         labels = labels.to(self.device, non_blocking=True)
+        draws = noise.inputs(indices, num_samples, self.device)
         totals = torch.zeros(batch_size, device=self.device)
         counts = torch.zeros(batch_size * classes, dtype=torch.long, device=self.device)
-        for start, stop, rows in chunk_rows(batch_size, num_samples, self.chunk_size):
-            z = torch.empty((stop - start, *self.input_shape), device=self.device)
-            offset = 0
-            for owner, first, end in rows:
-                noise.fill(z[offset : offset + end - first], indices[owner], first, end)
-                offset += end - first
+        total = batch_size * num_samples
+        for start in range(0, total, self.chunk_size):
+            stop = min(start + self.chunk_size, total)
+            z = draws.fill(torch.empty((stop - start, *self.input_shape), device=self.device), start)
             owners = torch.arange(start, stop, device=self.device) // num_samples
             with autocast(self.device, self.precision):
                 logits = self.model(torch.addcmul(x[owners], z, sigma))
@@ -210,15 +195,24 @@ class SamplingEngine:
                 counts.index_add_(0, owners * classes + logits.argmax(1), torch.ones_like(owners))
         return totals / num_samples, counts.view(batch_size, classes)
 
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs on the device; from pinned memory, so a GPU copy does not hold up the host."""
+        if self.device.type == "cuda" and not x.is_pinned():
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True)
+
 
 def build_engine(model: nn.Module, spec: RunSpec, device: torch.device) -> SamplingEngine:
-    """The engine for a spec: its precision, memory format and chunk size (0: chosen per device).
+    """The engine for a spec: its precision, memory format, chunk size (0: chosen per device) and
+    whether the forward pass is compiled.
 
     On a CPU this also keeps freed memory in the process (:func:`nrs_cli.devices.keep_freed_memory`).
     """
     if device.type == "cpu":
         keep_freed_memory()
     prepared = prepare_model(model, device, spec.engine.channels_last)
+    if spec.engine.compile:
+        prepared = torch.compile(prepared, dynamic=True)
     return SamplingEngine(
         prepared,
         spec.data.num_classes,

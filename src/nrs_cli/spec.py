@@ -121,6 +121,7 @@ class EngineSpec:
     precision: Literal["fp32", "bf16"] = "fp32"
     chunk_size: int = 0  # noisy samples per forward pass (0: chosen per device)
     channels_last: bool = True
+    compile: bool = False  # torch.compile the forward pass (measured in docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -172,9 +173,18 @@ class RunSpec:
 _NOT_KEYS = {"source"}
 
 
+def _builtin_folder():
+    """Where the built-in specs are: the installed package ``nrs_cli.datasets``, or, run from a checkout
+    with only ``src`` on the path, the repository's ``datasets/`` folder."""
+    try:
+        return files("nrs_cli.datasets")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "datasets"
+
+
 def builtin_specs() -> list[str]:
     """Names of the run specs that ship with nrs."""
-    folder = files("nrs_cli.datasets")
+    folder = _builtin_folder()
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -185,7 +195,7 @@ def resolve_spec_path(name_or_path: str) -> Path:
         if not candidate.is_file():
             raise NrsError(f"spec file not found: {name_or_path}")
         return candidate
-    builtin = files("nrs_cli.datasets") / f"{name_or_path}.yaml"
+    builtin = _builtin_folder() / f"{name_or_path}.yaml"
     if not builtin.is_file():
         raise NrsError(
             f"unknown dataset '{name_or_path}' (built-in: {', '.join(builtin_specs())}; or pass a YAML run spec file)"
