@@ -197,7 +197,7 @@ class SamplingEngine:
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs on the device; from pinned memory, so a GPU copy does not hold up the host."""
-        if self.device.type == "cuda" and not x.is_pinned():
+        if self.device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned():
             x = x.pin_memory()
         return x.to(self.device, non_blocking=True)
 
