@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 DATASETS ?= mnist-mini
 DATA_ROOT ?=
 
-.PHONY: install test figures
+.PHONY: install test figures compare
 
 install: $(STAMP)
 
@@ -27,3 +27,7 @@ test: $(STAMP)
 
 figures: $(STAMP)
 	$(NRS) figures $(addprefix --dataset ,$(DATASETS)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
+
+# make compare DATASETS=mnist DATA_ROOT=../shared/data: five ways to pick network and sigma (docs/results.md)
+compare: $(STAMP)
+	$(NRS) compare $(addprefix --dataset ,$(DATASETS)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))

@@ -18,7 +18,7 @@ samples/s of
 
 with the ratio to the per-input loop and the fraction of the measured fp32
 (and bf16) matmul rate that the model's FLOPs reach. ``--compile`` adds the
-engine with its forward pass compiled (``engine.compile``); ``--against REV``
+engine with its forward pass compiled by ``torch.compile``; ``--against REV``
 the engine of a git revision, interleaved with today's (a regression check).
 Then a chunk-size scan and peak memory at n=1,000 vs n=100,000.
 """

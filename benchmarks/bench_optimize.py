@@ -13,12 +13,15 @@ second, for
   nobody uses), the loss summed over the batch, one backward, one Adam step;
 - the same loop with a channels_last model, to separate layout from the rest;
 - ``nrs_cli.optimize.algorithm1_step`` with the engine (frozen parameters,
-  cache- or memory-sized chunks of many inputs) in fp32 and bf16.
+  cache- or memory-sized chunks of many inputs) in fp32 and bf16;
+- the other half of a co-optimisation round, ``nrs_cli.cooptimize.finetune_under_noise``:
+  the network trained on one noisy copy of each input (weights trainable), fp32 and bf16.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -29,12 +32,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import bench_spec, forward_flops, interleaved, markdown_table, matmul_flops_per_second  # noqa: E402
 
+from nrs_cli.cooptimize import finetune_under_noise  # noqa: E402
+from nrs_cli.data import ImageTensorDataset  # noqa: E402
 from nrs_cli.devices import keep_freed_memory  # noqa: E402
 from nrs_cli.models import build_model  # noqa: E402
 from nrs_cli.noise import GaussianNoise  # noqa: E402
 from nrs_cli.optimize import P_HAT_RANGE, algorithm1_step  # noqa: E402
 from nrs_cli.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
 from nrs_cli.spec import load_spec  # noqa: E402
+from nrs_cli.sweep import OptimizeContext, OptimizeJob  # noqa: E402
 
 SPEC_FOR_ARCH = {"mnist_cnn": "mnist", "cifar_resnet110": "cifar10", "resnet50": "imagenet"}
 
@@ -119,12 +125,36 @@ def main() -> None:
 
         return work
 
+    def finetune(precision):
+        """A co-optimisation round's first half: the network trained under the current per-element sigma."""
+        tuned = dataclasses.replace(
+            spec,
+            engine=dataclasses.replace(spec.engine, precision=precision),
+            cooptimize=dataclasses.replace(
+                spec.cooptimize, finetune_steps=args.steps, finetune_batch_size=args.batch_size
+            ),
+        )
+        pixels = (images.cpu() * 255).round().to(torch.uint8)
+        data = ImageTensorDataset(pixels, labels.cpu())
+        context = OptimizeContext.build(OptimizeJob(tuned, build_model(tuned), data, data, None, device))
+        optimizer = torch.optim.Adam(list(context.job.model.parameters()), lr=1e-4)
+        sigma = torch.full(shape, 0.25, device=device)
+        rounds = iter(range(1, 10**6))  # each call is the next round: its own batches and noise
+
+        def work():
+            finetune_under_noise(context, optimizer, sigma, "bench", next(rounds))
+            return args.steps * args.batch_size
+
+        return work
+
     results = interleaved(
         {
             "per-input loop, trainable weights": loop(trainable),
             "per-input loop, trainable weights, channels_last": loop(trainable_cl),
             "nrs algorithm1_step fp32": engine("fp32"),
             "nrs algorithm1_step bf16": engine("bf16"),
+            "nrs co-optimize fine-tuning step fp32": finetune("fp32"),
+            "nrs co-optimize fine-tuning step bf16": finetune("bf16"),
         },
         rounds=args.rounds,
         device=device,
@@ -132,7 +162,12 @@ def main() -> None:
     baseline = results["per-input loop, trainable weights"]["best"]
     flops = forward_flops(reference, shape, device)
     limit = matmul_flops_per_second(device, torch.float32, args.quick)
-    sizes = {"nrs algorithm1_step fp32": chunks["fp32"], "nrs algorithm1_step bf16": chunks["bf16"]}
+    sizes = {
+        "nrs algorithm1_step fp32": chunks["fp32"],
+        "nrs algorithm1_step bf16": chunks["bf16"],
+        "nrs co-optimize fine-tuning step fp32": args.batch_size,
+        "nrs co-optimize fine-tuning step bf16": args.batch_size,
+    }
     rows = [
         [
             name,

@@ -35,7 +35,7 @@ def test_idx_loaders_read_the_files_pixel_for_pixel(tmp_path, loader, folder):
 
 def test_cifar10_python_batches(tmp_path):
     written = write_cifar_batches(tmp_path, per_batch=4)
-    spec = data_spec("cifar10", download=False)
+    spec = data_spec("cifar10", download=False, order="stored")
     train, test = load_split(spec, "train", tmp_path), load_split(spec, "test", tmp_path)
     assert (len(train), len(test)) == (20, 4)
     data, labels = written["data_batch_2"]
@@ -64,7 +64,9 @@ def test_cifar10_reads_an_imagefolder_copy(tmp_path):
 def test_imagefolder_loader_and_class_count_check(tmp_path):
     for split in ("train", "test"):
         write_image_folder(tmp_path / "pets" / split, ["cat", "dog"], per_class=3, size=(8, 8))
-    spec = data_spec("cifar10", loader="imagefolder", folder="pets", input_shape=(3, 8, 8), num_classes=2)
+    spec = data_spec(
+        "cifar10", loader="imagefolder", folder="pets", input_shape=(3, 8, 8), num_classes=2, order="stored"
+    )
     train = load_split(spec, "train", tmp_path)
     assert len(train) == 6 and [train[i][1] for i in range(6)] == [0, 0, 0, 1, 1, 1]
     with pytest.raises(NrsError, match="2 class folders, but the spec says num_classes 10"):

@@ -117,6 +117,25 @@ def test_distributed_sweep_matches_one_process(run_cli, trained_mini, tmp_path):
     assert [r["accuracy"] for r in rows[0]] == [r["accuracy"] for r in rows[1]]
 
 
+def test_distributed_cooptimisation_matches_one_process(run_cli, trained_mini, tmp_path):
+    args = [
+        "co-optimize", "--checkpoint", trained_mini / "checkpoint.pt", "--inits", 1, "--init", 0.3, "--rounds", 1,
+        "--finetune-steps", 2, "--sigma-steps", 2, "--eval-max", 16, "--set", "optimize.batch_size=16",
+        "--set", "optimize.n0=4", "--set", "cooptimize.finetune_batch_size=16", "--set", "optimize.eval_n=32",
+    ]  # fmt: skip
+    assert run_cli(*args, "--runs-dir", tmp_path / "one").code == 0
+    result = torchrun(*args, "--runs-dir", tmp_path / "two")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = "mnist-mini/optimize/co"
+    one = torch.load(tmp_path / "one" / run / "checkpoints/init00-0.3_round01.pt", weights_only=True)["state_dict"]
+    two = torch.load(tmp_path / "two" / run / "checkpoints/init00-0.3_round01.pt", weights_only=True)["state_dict"]
+    assert all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-6) for k in one)  # gradients summed over ranks
+    spec = load_spec("mnist-mini")
+    sigma_one = load_sigma(tmp_path / "one" / run / "sigmas/init00-0.3_round01.pt", spec).values
+    sigma_two = load_sigma(tmp_path / "two" / run / "sigmas/init00-0.3_round01.pt", spec).values
+    assert torch.allclose(sigma_one, sigma_two, rtol=1e-4, atol=1e-6)
+
+
 def worker_pids(launcher_pid):
     out = subprocess.run(["pgrep", "-P", str(launcher_pid)], capture_output=True, text=True).stdout.split()
     return [int(pid) for pid in out]

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "nrs_cli"
 LAYERS = [
     "__init__", "errors", "collective", "spec", "serialization", "devices", "data", "models", "sigma", "layout",
     "noise", "sampling", "metrics", "results", "certify", "compare", "optimize", "certify_runs", "train", "sweep",
-    "plots", "tables", "sigma_images", "figures", "distributed", "cli", "__main__",
+    "cooptimize", "plots", "tables", "sigma_images", "figures", "methods", "distributed", "cli", "__main__",
 ]  # fmt: skip
 MAX_BODY_LINES = 60
 MAX_PARAMETERS = 8

@@ -489,7 +489,11 @@ def optimize_sigma_command(
     _run_sweep(spec, checkpoint, runs_dir, name, data_root)
 
 
-def _run_sweep(spec, checkpoint: Optional[Path], runs_dir: Path, name: str, data_root: Optional[Path]) -> None:
+def _run_sweep(
+    spec, checkpoint: Optional[Path], runs_dir: Path, name: str, data_root: Optional[Path], co=False
+) -> None:
+    """optimize-sigma (or co-optimize): load, describe, run (under torchrun when launched by it), report."""
+    from nrs_cli.cooptimize import cooptimize_run
     from nrs_cli.data import load_split
     from nrs_cli.devices import resolve_device
     from nrs_cli.distributed import distributed
@@ -507,10 +511,16 @@ def _run_sweep(spec, checkpoint: Optional[Path], runs_dir: Path, name: str, data
     o = spec.optimize
     with distributed(resolve_device(spec.engine.device)) as (collective, target):
         say = _main_console(collective)
+        c = spec.cooptimize
+        rounds = (
+            f"{c.rounds} rounds of {c.finetune_steps} fine-tuning steps (lr {c.finetune_lr:g}) and {c.sigma_steps}"
+            if co
+            else f"{o.sub_epochs} sub-epochs x {o.steps_per_sub_epoch or 'a pass of'}"
+        )
         say.print(
-            f"optimize-sigma: {spec.name}, inits {', '.join(f'{c:g}' for c in sweep_constants(spec))}, "
-            f"{o.sub_epochs} sub-epochs x {o.steps_per_sub_epoch or 'a pass of'} steps, "
-            f"batch {o.batch_size} x n0 {o.n0}, lr {o.lr:g} (x{o.lr_decay:g}/sub-epoch)"
+            f"{'co-optimize' if co else 'optimize-sigma'}: {spec.name}, inits "
+            f"{', '.join(f'{c:g}' for c in sweep_constants(spec))}, {rounds} steps of Algorithm 1, "
+            f"batch {o.batch_size} x n0 {o.n0}, lr {o.lr:g} (x{o.lr_decay:g} each)"
             + (", p_hat capped at alpha^(1/n)" if o.cap_p_hat else "")
             + f"; evaluation n0={o.eval_n0} n={o.eval_n} alpha={o.eval_alpha:g} on "
             f"{o.eval_max if o.eval_max >= 0 else len(test_set)} test inputs; {spec.engine.precision} on {target}"
@@ -519,8 +529,8 @@ def _run_sweep(spec, checkpoint: Optional[Path], runs_dir: Path, name: str, data
         )
         job = OptimizeJob(spec, model, train_set, test_set, run_dir, target, str(checkpoint), collective)
         with _progress(say) as progress:
-            result = sweep_run(job, _sweep_printer(say, progress))
-    best = result.comparison["max_gain_at_equal_accuracy"]
+            result = (cooptimize_run if co else sweep_run)(job, _sweep_printer(say, progress))
+    best = result.comparison.get("max_gain_at_equal_accuracy")
     if best is not None:
         say.print(f"largest certified-area gain over isotropic sigma at equal accuracy: {best:.1f} (log_area)")
     say.print(f"results: {run_dir}/metrics.csv, sigmas in {run_dir}/sigmas/")
@@ -539,7 +549,7 @@ def _sweep_printer(say: Console, progress: Progress):
                 completed=event.step,
                 total=event.steps,
                 description=f"sigma {event.init:g} sub-epoch {event.sub_epoch}: loss {event.loss:.1f}, "
-                f"right {event.right:.0%}, sigma mean {event.sigma.mean:.3f} std {event.sigma.std:.3f}",
+                f"right {event.right:.0%}, sigma mean {event.sigma.mean:.3g} std {event.sigma.std:.3g}",
             )
             return
         row = event.row
@@ -547,10 +557,90 @@ def _sweep_printer(say: Console, progress: Progress):
             f"{row.method:>11} sigma {row.init:g}"
             + (f" sub-epoch {row.sub_epoch}" if row.sub_epoch else "")
             + f": accuracy {row.accuracy:.1%}, mean log_area {row.mean_log_area:.1f}, "
-            f"sigma mean {row.sigma_mean:.3f} [{row.sigma_min:.3f}, {row.sigma_max:.3f}] ({row.seconds:.0f} s)"
+            f"sigma mean {row.sigma_mean:.3g} [{row.sigma_min:.3g}, {row.sigma_max:.3g}] ({row.seconds:.0f} s)"
         )
 
     return on_event
+
+
+@command("co-optimize")
+def co_optimize_command(
+    dataset: str = DATASET,
+    checkpoint: Optional[Path] = CHECKPOINT,
+    name: str = typer.Option("co", help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/."),
+    init: Optional[float] = typer.Option(None, help="First constant sigma to start from [spec: optimize.init]."),
+    init_step: Optional[float] = typer.Option(None, help="Step between constants [spec: optimize.init_step]."),
+    inits: Optional[int] = typer.Option(None, help="Number of constants [spec: optimize.inits]."),
+    rounds: Optional[int] = typer.Option(
+        None, help="Rounds per constant, evaluated after each [spec: cooptimize.rounds]."
+    ),
+    finetune_steps: Optional[int] = typer.Option(
+        None, help="Training steps under the current sigma per round [spec: cooptimize.finetune_steps]."
+    ),
+    finetune_lr: Optional[float] = typer.Option(
+        None, help="Adam learning rate of the network [spec: cooptimize.finetune_lr]."
+    ),
+    sigma_steps: Optional[int] = typer.Option(None, help="Algorithm 1 steps per round [spec: cooptimize.sigma_steps]."),
+    eval_max: Optional[int] = typer.Option(None, help="Test inputs per evaluation, -1 all [spec: optimize.eval_max]."),
+    chunk_size: Optional[int] = CHUNK_SIZE,
+    batch: Optional[int] = BATCH_ALIAS,
+    seed: Optional[int] = SEED,
+    precision: Optional[str] = PRECISION,
+    device: Optional[str] = DEVICE,
+    runs_dir: Path = RUNS_DIR,
+    data_root: Optional[Path] = DATA_ROOT,
+    set_: list[str] = SET,
+) -> None:
+    """Co-optimise the network and a per-element sigma: rounds of fine-tuning under the current sigma and
+    Algorithm 1 on the frozen network, from each constant sigma (beyond the paper).
+
+    Writes metrics.csv (a row per round), sigmas/ and checkpoints/ (the network of each round) and a
+    summary. Rerunning resumes after the last finished round.
+    """
+    options = {
+        "optimize.init": init,
+        "optimize.init_step": init_step,
+        "optimize.inits": inits,
+        "cooptimize.rounds": rounds,
+        "cooptimize.finetune_steps": finetune_steps,
+        "cooptimize.finetune_lr": finetune_lr,
+        "cooptimize.sigma_steps": sigma_steps,
+        "optimize.eval_max": eval_max,
+        **_engine_options(chunk_size, batch, seed, precision, device),
+    }
+    _run_sweep(_spec(dataset, options, set_), checkpoint, runs_dir, name, data_root, co=True)
+
+
+@command("compare")
+def compare_command(
+    datasets: list[str] = typer.Option(["mnist-mini"], "--dataset", "-d", help=DATASET_HELP + " Repeatable."),
+    out: Path = typer.Option(Path("figures"), help="Folder for the figures (one sub-folder per dataset)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live (finished steps are reused)."),
+    data_root: Optional[Path] = DATA_ROOT,
+    device: Optional[str] = DEVICE,
+    precision: Optional[str] = PRECISION,
+    set_: list[str] = SET,
+) -> None:
+    """Five ways to pick network and sigma on the same axes: clean or noise-trained network, isotropic or
+    optimised sigma, and both co-optimised (beyond the paper). Resumes finished steps."""
+    import time
+
+    from nrs_cli.devices import resolve_device
+    from nrs_cli.methods import compare_run
+
+    for name in datasets:
+        started = time.perf_counter()
+        spec = _spec(name, {"engine.device": device, "engine.precision": precision}, set_)
+        console.print(f"compare: {spec.name} -> {out / spec.name}")
+        summary = compare_run(spec, data_root, runs_dir, out, resolve_device(spec.engine.device), console.print)
+        table = Table("method", "best point: accuracy", "mean log_area", box=None)
+        for method, point in summary["best"].items():
+            table.add_row(method, f"{point['accuracy']:.1%}", f"{point['mean_log_area']:.1f}")
+        console.print(table)
+        for pair, gain in summary["gains"].items():
+            value = gain["max_gain_at_equal_accuracy"]
+            console.print(f"{pair}: largest gain at equal accuracy {'-' if value is None else f'{value:+.1f}'}")
+        console.print(f"{spec.name}: done in {time.perf_counter() - started:.0f} s")
 
 
 def _metrics(axis: str) -> list:

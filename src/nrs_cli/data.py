@@ -11,8 +11,10 @@ download once (if the spec allows it) and otherwise raise a one-line
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
+import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from importlib.resources import files
@@ -91,7 +93,9 @@ def load_split(spec: DataSpec, split: str, root: str | os.PathLike | None = None
     if size is not None and size < len(dataset):
         generator = torch.Generator().manual_seed(spec.split_seed + (0 if split == "train" else 1))
         chosen = torch.randperm(len(dataset), generator=generator)[:size].sort().values
-        dataset = Subset(dataset, chosen.tolist())
+        dataset = Selection(dataset, chosen.tolist())
+    if spec.order == "interleaved":
+        dataset = Selection(dataset, interleaved_order(split_labels(dataset), spec.split_seed))
     if len(dataset) == 0:
         raise NrsError(f"the {split} split of '{spec.loader}' is empty")
     shape = tuple(dataset[0][0].shape)
@@ -101,6 +105,43 @@ def load_split(spec: DataSpec, split: str, root: str | os.PathLike | None = None
             f"but the spec says input_shape {'x'.join(map(str, spec.input_shape))}"
         )
     return dataset
+
+
+class Selection(Subset):
+    """Some items of a dataset, in a chosen order, still answering for the dataset (its ``summary``, ...)."""
+
+    def __getattr__(self, name: str):
+        if name in ("dataset", "indices"):  # not set yet (while unpickling in a DataLoader worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def split_labels(dataset: Dataset) -> list[int]:
+    """The label of every item, read without loading images where the dataset knows them."""
+    if isinstance(dataset, Subset):
+        labels = split_labels(dataset.dataset)
+        return [labels[i] for i in dataset.indices]
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset.labels.tolist()
+    for known in ("targets", "labels"):
+        if isinstance(getattr(dataset, known, None), list):
+            return list(getattr(dataset, known))
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def interleaved_order(labels: list[int], seed: int) -> list[int]:
+    """Positions taking the classes in turn, each class in a seeded order: the first k * C items hold
+    k of every class (while it lasts), so "the first N test inputs" are a class-balanced sample."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for position, label in enumerate(labels):
+        by_class.setdefault(label, []).append(position)
+    queues = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        queues.append([members[i] for i in torch.randperm(len(members), generator=generator).tolist()])
+    longest = max((len(q) for q in queues), default=0)
+    return [queue[k] for k in range(longest) for queue in queues if k < len(queue)]
 
 
 def _check_labels(dataset: Dataset, spec: DataSpec, split: str) -> None:
@@ -152,9 +193,7 @@ def selected_indices(size: int, skip: int = 1, stop: int = -1) -> list[int]:
 
 def iterate_batches(dataset: Dataset, indices: list[int], batch_size: int, workers: int = 0):
     """Yield ``(indices, images, labels)`` for consecutive groups of the given dataset indices."""
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers)
+    loader = batch_loader(Subset(dataset, indices), batch_size, workers)
     for position, (images, labels) in zip(range(0, len(indices), batch_size), loader):
         yield indices[position : position + batch_size], images, labels
 
@@ -174,8 +213,38 @@ class ImageTensorDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int | list[int]):
+        """One ``(image, label)``, or for a list of indices a whole batch ``(images, labels)`` at once."""
+        if isinstance(index, list):
+            order = torch.tensor(index, dtype=torch.long)
+            return self.images[order].float().div_(255), self.labels[order]
         return self.images[index].float().div_(255), int(self.labels[index])
+
+
+def in_memory(dataset: Dataset) -> bool:
+    """Whether batches can be fetched at once (``dataset[list_of_indices]``): images held in memory."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return isinstance(dataset, ImageTensorDataset)
+
+
+def batch_loader(dataset: Dataset, batch_size: int, workers: int = 0, generator: torch.Generator | None = None):
+    """Batches ``(images, labels)`` of a dataset, shuffled by ``generator`` if one is given.
+
+    In-memory datasets are indexed a batch at a time; the order is what
+    ``DataLoader(shuffle=True, generator=...)`` draws in either case.
+    """
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+    if not in_memory(dataset):
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator, num_workers=workers
+        )
+    order = RandomSampler(dataset, generator=generator) if generator is not None else SequentialSampler(dataset)
+    # the generator goes to the loader too: its iterator draws a worker seed from it, as DataLoader(shuffle) does
+    return DataLoader(
+        dataset, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False), generator=generator
+    )
 
 
 def _missing(what: str, root: Path, layout: str, reason: str = "") -> NrsError:
@@ -316,15 +385,75 @@ def read_cifar10_batches(folder: Path, split: str) -> ImageTensorDataset:
     return ImageTensorDataset(torch.from_numpy(np.concatenate(images)), torch.tensor(labels))
 
 
-@register_loader("cifar10", "CIFAR-10: the python batches (cifar-10-batches-py/) or a cifar10-jpeg/ ImageFolder copy")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_ARCHIVE = "cifar10-jpeg.tar.gz"  # the JPEG copy as distributed: cifar10-jpeg/{train,test}/<class>/*.jpg
+
+
+def read_cifar10_images(source: Path, split: str) -> ImageTensorDataset:
+    """An image copy of CIFAR-10 (``<split>/<class>/<image>``), from its folder or straight from its .tar.gz,
+    decoded into memory (60,000 JPEGs take a few seconds), in class then file-name order."""
+    from PIL import Image
+
+    found: dict[str, list[tuple[str, bytes]]] = {}
+    for class_name, name, data in _image_files(source, split):
+        found.setdefault(class_name, []).append((name, data))
+    missing = [c for c in CIFAR10_CLASSES if c not in found]
+    if missing or len(found) != len(CIFAR10_CLASSES):
+        extra = sorted(set(found) - set(CIFAR10_CLASSES))
+        raise NrsError(
+            f"{source} is not a whole CIFAR-10 copy: its {split} split lacks the classes {', '.join(missing) or '-'}"
+            + (f" and has others ({', '.join(extra)})" if extra else "")
+        )
+    images, labels = [], []
+    for label, class_name in enumerate(CIFAR10_CLASSES):
+        for name, data in sorted(found[class_name]):
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    pixels = np.asarray(image.convert("RGB"))
+            except (OSError, ValueError) as err:
+                raise NrsError(f"{source}: cannot read {split}/{class_name}/{name}: {err}") from None
+            if pixels.shape != (32, 32, 3):
+                raise NrsError(
+                    f"{source}: {split}/{class_name}/{name} is {pixels.shape[1]}x{pixels.shape[0]}, not 32x32"
+                )
+            images.append(pixels)
+            labels.append(label)
+    array = np.stack(images).transpose(0, 3, 1, 2).copy()
+    return ImageTensorDataset(torch.from_numpy(array), torch.tensor(labels))
+
+
+def _image_files(source: Path, split: str):
+    """``(class, file name, bytes)`` of one split of an image copy: a folder, or a .tar.gz holding one."""
+    if source.is_dir():
+        folder = source / split
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+            for path in sorted(p for p in class_dir.iterdir() if p.is_file()):
+                yield class_dir.name, path.name, path.read_bytes()
+        return
+    try:
+        with tarfile.open(source, "r:gz") as archive:
+            for member in archive:
+                parts = member.name.split("/")
+                if member.isfile() and len(parts) == 4 and parts[1] == split:
+                    yield parts[2], parts[3], archive.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise NrsError(f"cannot read the archive {source}: {err}") from None
+
+
+@register_loader(
+    "cifar10",
+    f"CIFAR-10: the python batches (cifar-10-batches-py/), a JPEG copy cifar10-jpeg/, or {CIFAR10_ARCHIVE} as it is",
+)
 def _read_cifar10(spec: DataSpec, root: Path, split: str) -> Dataset:
     from torchvision.datasets import CIFAR10
 
     pickles = root / "cifar-10-batches-py"
-    jpeg = root / (spec.folder or "cifar10-jpeg")
-    layout = f"{pickles}/{{data_batch_1..5,test_batch}} or {jpeg}/{{train,test}}/<class>/<image>"
-    if spec.folder is not None or (not pickles.is_dir() and (jpeg / split).is_dir()):
-        return _image_folder(spec, jpeg / split, "CIFAR-10", layout, root)
+    jpeg, archive = root / (spec.folder or "cifar10-jpeg"), root / CIFAR10_ARCHIVE
+    if spec.folder is not None or (not pickles.is_dir() and jpeg.is_dir()):
+        return read_cifar10_images(jpeg, split)
+    if not pickles.is_dir() and archive.is_file():
+        return read_cifar10_images(archive, split)
+    layout = f"{pickles}/{{data_batch_1..5,test_batch}}, {jpeg}/{{train,test}}/<class>/<image> or {archive}"
     _ensure_files(
         spec,
         "CIFAR-10",
@@ -368,6 +497,7 @@ class KittiClassification(Dataset):
         num_test = round(len(kept) * spec.test_fraction)
         chosen = sorted(order[:num_test] if split == "test" else order[num_test:])
         self.samples = [kept[i] for i in chosen]
+        self.targets = [label for _, label in self.samples]
         self.transform = _image_transform(spec)
         self.summary = (
             f"KITTI: {len(kept)} of {len(labelled)} training images have labelled objects "
@@ -386,9 +516,17 @@ class KittiClassification(Dataset):
 
 
 def kitti_image_label(label_file: str | os.PathLike) -> int | None:
-    """Index in KITTI_CLASSES of the most frequent object type in a label_2 file."""
-    with open(label_file) as lines:
-        types = [line.split()[0] for line in lines if line.strip()]
+    """Index in KITTI_CLASSES of the most frequent object type in a label_2 file (None: no object)."""
+    try:
+        with open(label_file) as lines:
+            types = [line.split()[0] for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise NrsError(f"cannot read the KITTI label file {label_file}: {err}") from None
+    unknown = sorted(set(types) - set(KITTI_CLASSES) - {"DontCare"})
+    if unknown:
+        raise NrsError(
+            f"{label_file}: unknown object type {unknown[0][:30]!r} (KITTI's are {', '.join(KITTI_CLASSES)}, DontCare)"
+        )
     counts = Counter(t for t in types if t in KITTI_CLASSES)
     if not counts:
         return None

@@ -51,9 +51,12 @@ class ResultFile:
     path: Path
     rows: list[dict[str, str]]
     manifest: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # a legend label of the caller's; else one made from the manifest
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
         sigma = section(self.manifest, "sigma")
         method, init = sigma.get("method"), sigma.get("init")
         if not isinstance(init, (int, float)):
@@ -274,4 +277,27 @@ def plot_clean_accuracy(
             axes.set_title(title)
         axes.legend(loc="best", frameon=False)
         _note(figure, "; ".join(sorted({s.note for s in sweeps if s.note})))
+        return save_figure(figure, Path(out_stem))
+
+
+def plot_methods(
+    methods: dict[str, list[tuple[float, float]]], fronts: dict[str, list[tuple[float, float]]], out_stem, title=""
+) -> list[Path]:
+    """Clean accuracy against mean certified area for several methods: every point, each method's front as a line.
+
+    ``methods`` and ``fronts`` map a legend label to ``(accuracy, mean log_area)`` points.
+    """
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(figsize=FIGURE_SIZE)
+        for index, (label, points) in enumerate(methods.items()):
+            finite = [p for p in points if math.isfinite(p[1])]
+            axes.scatter([p[1] for p in finite], [p[0] for p in finite], s=9, color=f"C{index}", alpha=0.35)
+            front = sorted(fronts.get(label, []), key=lambda p: p[1])
+            axes.plot([p[1] for p in front], [p[0] for p in front], "o-", color=f"C{index}", markersize=3.5,
+                      linewidth=1.2, label=label)  # fmt: skip
+        axes.set_xlabel("mean " + METRICS["log_area"].axis)
+        axes.set_ylabel("clean accuracy (smoothed, CERTIFY)")
+        if title:
+            axes.set_title(title)
+        axes.legend(loc="best", frameon=False)
         return save_figure(figure, Path(out_stem))

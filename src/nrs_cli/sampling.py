@@ -203,16 +203,13 @@ class SamplingEngine:
 
 
 def build_engine(model: nn.Module, spec: RunSpec, device: torch.device) -> SamplingEngine:
-    """The engine for a spec: its precision, memory format, chunk size (0: chosen per device) and
-    whether the forward pass is compiled.
+    """The engine for a spec: its precision, memory format and chunk size (0: chosen per device).
 
     On a CPU this also keeps freed memory in the process (:func:`nrs_cli.devices.keep_freed_memory`).
     """
     if device.type == "cpu":
         keep_freed_memory()
     prepared = prepare_model(model, device, spec.engine.channels_last)
-    if spec.engine.compile:
-        prepared = torch.compile(prepared, dynamic=True)
     return SamplingEngine(
         prepared,
         spec.data.num_classes,

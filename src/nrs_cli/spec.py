@@ -46,6 +46,7 @@ class DataSpec:
     resize: Optional[int] = None  # shorter side, or the square size when crop is unset
     crop: Optional[int] = None  # centre crop after resizing
     workers: int = 0  # DataLoader worker processes
+    order: Literal["stored", "interleaved"] = "stored"  # interleaved: the classes in turn (ordered copies)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,37 @@ class EngineSpec:
     precision: Literal["fp32", "bf16"] = "fp32"
     chunk_size: int = 0  # noisy samples per forward pass (0: chosen per device)
     channels_last: bool = True
-    compile: bool = False  # torch.compile the forward pass (measured in docs/benchmarks.md)
+
+
+@dataclass(frozen=True)
+class CoOptimizeSpec:
+    """Co-optimisation (`nrs co-optimize`): rounds of fine-tuning the network under the current
+    per-element sigma, then Algorithm 1 on the frozen network (the optimize section's batch, n0,
+    learning rate and evaluation; the decay per round is this section's), evaluated after every round."""
+
+    rounds: int = 6
+    finetune_steps: int = 100  # training steps under noise per round
+    finetune_batch_size: int = 128
+    finetune_lr: float = 0.0005  # Adam on the network's weights
+    sigma_steps: int = 60  # Algorithm 1 steps per round
+    lr_decay: float = 0.8  # Algorithm 1's learning rate factor per round (from optimize.lr)
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """`nrs compare`: five ways to pick the network and sigma, on the same axes (see docs/results.md).
+
+    A and B come from the clean base classifier and its figures sweep; C and C' from base
+    classifiers trained under each noise level (their isotropic baseline and their sweep); D from
+    co-optimising from the clean and from one noise-trained classifier.
+    """
+
+    noise_sigmas: tuple[float, ...] = (0.12, 0.25, 0.5)  # C: train-base --noise-sigma for each
+    sweep_factors: tuple[float, ...] = (0.5, 1.0, 1.5)  # C': sweeps from each noise level times these
+    cooptimize_from: float = 0.25  # D: co-optimise from the network trained at this noise level too
+    cooptimize_inits: tuple[float, ...] = (0.25, 0.5)  # D: constant sigmas co-optimisation starts from
+    certify_max: int = 500  # Fig. 1 and the l2 table: the first test inputs
+    radii: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # the table's l2 radii (Cohen's axis)
 
 
 @dataclass(frozen=True)
@@ -140,6 +171,8 @@ class FiguresSpec:
     baseline_step: Optional[float] = None
     certify_max: Optional[int] = None  # Fig. 1 certifies the test inputs below this index
     sigmas: int = 2  # optimised sigmas in Fig. 1, each with the isotropic sigma of its mean
+    radius_thresholds: Optional[tuple[float, ...]] = None  # the l2-radius table's columns (null: chosen from the data)
+    area_thresholds: Optional[tuple[float, ...]] = None  # the log-area table's columns (null: chosen from the data)
 
 
 @dataclass(frozen=True)
@@ -152,6 +185,8 @@ class RunSpec:
     certify: CertifySpec = CertifySpec()
     engine: EngineSpec = EngineSpec()
     figures: FiguresSpec = FiguresSpec()
+    cooptimize: CoOptimizeSpec = CoOptimizeSpec()
+    compare: CompareSpec = CompareSpec()
     description: str = ""
     seed: int = 0
     source: str = ""  # the file the spec was read from (not a YAML key)
@@ -353,6 +388,19 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "engine.chunk_size": (lambda v: v >= 0, "0 (chosen per device) or a number of samples"),
     "figures.certify_max": (lambda v: v is None or v >= -1, "null, -1 (all) or a count"),
     "figures.sigmas": _AT_LEAST_1,
+    "cooptimize.rounds": _AT_LEAST_1,
+    "cooptimize.finetune_steps": _AT_LEAST_0,
+    "cooptimize.finetune_batch_size": _AT_LEAST_1,
+    "cooptimize.finetune_lr": _POSITIVE,
+    "cooptimize.sigma_steps": _AT_LEAST_0,
+    "cooptimize.lr_decay": _POSITIVE,
+    "compare.noise_sigmas": (lambda v: len(v) >= 1 and all(x > 0 for x in v), "positive numbers"),
+    "compare.sweep_factors": (
+        lambda v: len(v) >= 2 and v[0] > 0 and all(abs((b - a) - (v[1] - v[0])) < 1e-9 for a, b in zip(v, v[1:])),
+        "two or more equally spaced positive factors",
+    ),
+    "compare.cooptimize_inits": (lambda v: len(v) >= 1 and all(x > 0 for x in v), "positive numbers"),
+    "compare.certify_max": _ALL_OR_COUNT,
 }
 
 

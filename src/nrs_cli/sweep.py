@@ -187,13 +187,16 @@ class OptimizeContext:
     emit: Callable[[SweepEvent], None]
 
     @classmethod
-    def build(cls, job: OptimizeJob, on_event: Callable[[SweepEvent], None] | None = None) -> OptimizeContext:
+    def build(
+        cls, job: OptimizeJob, on_event: Callable[[SweepEvent], None] | None = None, steps: int | None = None
+    ) -> OptimizeContext:
+        """The context of a run; ``steps`` of Algorithm 1 per sub-epoch (default: the optimize section's)."""
         o = job.spec.optimize
         return cls(
             job=job,
             engine=build_engine(job.model, job.spec, job.device),
             eval_indices=selected_indices(len(job.test_set), 1, o.eval_max),
-            steps=o.steps_per_sub_epoch or math.ceil(len(job.train_set) / o.batch_size),
+            steps=steps or o.steps_per_sub_epoch or math.ceil(len(job.train_set) / o.batch_size),
             p_hat_max=p_hat_ceiling(o),
             emit=on_event or (lambda event: None),
         )
@@ -203,10 +206,10 @@ class OptimizeContext:
         return evaluate_sigma(self.engine, sigma, job.test_set, self.eval_indices, job.spec, job.collective)
 
 
-def fingerprint(job: OptimizeJob, eval_indices: list[int]) -> dict[str, Any]:
-    """Everything a sweep's rows depend on, the data actually read included."""
+def fingerprint(job: OptimizeJob, eval_indices: list[int], sections: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Everything a sweep's rows depend on, the data actually read included (and the named spec sections)."""
     return {
-        "spec_sha256": job.spec.digest("data", "optimize", "seed"),
+        "spec_sha256": job.spec.digest("data", "optimize", "seed", *sections),
         "precision": job.spec.engine.precision,
         "device_type": job.device.type,
         "model_sha256": model_digest(job.model),
@@ -336,12 +339,14 @@ def evaluate_point(
     values: torch.Tensor,
     sigma_file: Path,
     started: float,
+    checkpoint: str | None = None,
     **fields: Any,
 ) -> SweepRow:
     """Evaluate an optimised sigma, save it as ``sigma_file`` (relative to the run folder), and make its row.
 
     ``fields`` are the row's remaining columns (method, init, sub_epoch, step,
-    lr, train_loss, train_objective); they also go into the sigma file.
+    lr, train_loss, train_objective); they also go into the sigma file, with
+    the network it goes with (``checkpoint``, by default the run's).
     """
     job = context.job
     sigma = Sigma(values, sigma_file.stem, {"method": fields["method"], "init": fields["init"]})
@@ -357,7 +362,7 @@ def evaluate_point(
             step=fields["step"],
             accuracy=summary.accuracy,
             mean_log_area=summary.mean_log_area,
-            checkpoint=job.checkpoint,
+            checkpoint=checkpoint or job.checkpoint,
         )
     seconds = time.perf_counter() - started
     return SweepRow.of(summary, values, **fields, seconds=seconds, sigma_file=str(sigma_file))
@@ -377,32 +382,48 @@ def optimise_from_constant(context: OptimizeContext, state: RunState, init_index
     for sub_epoch in range(done + 1, o.sub_epochs + 1):
         started = time.perf_counter()
         losses, objectives = run_sub_epoch(context, log_sigma, optimizer, init_index, sub_epoch, constant)
-        lr = optimizer.param_groups[0]["lr"]
-        for group in optimizer.param_groups:
-            group["lr"] *= o.lr_decay
-        row = evaluate_point(
-            context,
-            log_sigma.detach().exp().cpu(),
-            Path("sigmas") / f"init{init_index:02d}-{constant:g}_sub{sub_epoch:02d}.pt",
-            started,
-            method="anisotropic",
-            init=constant,
-            sub_epoch=sub_epoch,
-            step=sub_epoch * context.steps,
-            lr=lr,
-            train_loss=_finite_mean(losses),
-            train_objective=_finite_mean(objectives),
-        )
-        state.add_row(row)
-        state.values.update(
+        fields = dict(method="anisotropic", init=constant, sub_epoch=sub_epoch, step=sub_epoch * context.steps)
+        fields.update(lr=step_down(optimizer, o.lr_decay), **train_means(losses, objectives))
+        resume_from = dict(
             position=[init_index, sub_epoch],
             log_sigma=log_sigma.detach().cpu().clone(),
             optimizer=optimizer.state_dict(),
         )
-        state.save(job.collective)
-        context.emit(PointDone(row))
+        sigma_file = Path("sigmas") / f"init{init_index:02d}-{constant:g}_sub{sub_epoch:02d}.pt"
+        save_point(context, state, sigma_file, started, fields, resume_from)
     state.values.update(position=[init_index + 1, 0], log_sigma=None, optimizer=None)
     state.save(job.collective)
+
+
+def step_down(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    """The learning rate just used; multiplied by ``factor`` for the next sub-epoch or round."""
+    lr = optimizer.param_groups[0]["lr"]
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    return lr
+
+
+def train_means(losses: list[float], objectives: list[float]) -> dict[str, float]:
+    """A row's training columns: the means of the finite losses and objectives of its steps."""
+    return {"train_loss": finite_mean(losses), "train_objective": finite_mean(objectives)}
+
+
+def save_point(
+    context: OptimizeContext,
+    state: RunState,
+    sigma_file: Path,
+    started: float,
+    fields: dict[str, Any],
+    resume_from: dict[str, Any],
+    checkpoint: str | None = None,
+) -> None:
+    """Evaluate an optimised sigma (``resume_from["log_sigma"]``), keep its row, then save the state to
+    resume after it: a sub-epoch of the sweep or a round of co-optimisation is done."""
+    row = evaluate_point(context, resume_from["log_sigma"].exp(), sigma_file, started, checkpoint, **fields)
+    state.add_row(row)
+    state.values.update(resume_from)
+    state.save(context.job.collective)
+    context.emit(PointDone(row))
 
 
 def stack_items(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,7 +432,8 @@ def stack_items(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, tor
     return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
 
 
-def _finite_mean(values: list[float]) -> float:
+def finite_mean(values: list[float]) -> float:
+    """The mean of the finite values (nan if there are none)."""
     finite = [v for v in values if math.isfinite(v)]
     return statistics.fmean(finite) if finite else math.nan
 

@@ -23,9 +23,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from nrs_cli.data import inputs_digest
+from nrs_cli.data import batch_loader, inputs_digest
 from nrs_cli.devices import autocast
 from nrs_cli.errors import NrsError
 from nrs_cli.models import model_digest, save_checkpoint
@@ -122,7 +122,7 @@ def evaluate_accuracy(
     model.eval()
     correct = 0
     with torch.inference_mode(), autocast(device, precision):
-        for images, labels in DataLoader(dataset, batch_size=batch_size):
+        for images, labels in batch_loader(dataset, batch_size):
             predictions = model(images.to(device)).argmax(1).cpu()
             correct += int((predictions == labels).sum())
     return correct / len(dataset)
@@ -145,13 +145,7 @@ class Trainer:
         if job.device.type == "cpu" and spec.engine.channels_last:
             job.model.to(memory_format=torch.channels_last)  # 2x faster convolutions on CPU
         self.optimizer = make_optimizer(job.model, spec.train)
-        self.loader = DataLoader(
-            job.train_set,
-            batch_size=spec.train.batch_size,
-            shuffle=True,
-            generator=self.generator,
-            num_workers=spec.data.workers,
-        )
+        self.loader = batch_loader(job.train_set, spec.train.batch_size, spec.data.workers, self.generator)
         steps = len(self.loader)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(spec.train, s, steps))
         self.sigma = job.noise_sigma.values.to(job.device) if job.noise_sigma is not None else None
