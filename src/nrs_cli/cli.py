@@ -31,7 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console(highlight=False, soft_wrap=True)
+console = Console(highlight=False, soft_wrap=True, markup=False)  # text is printed as it is: "[1/4]"
 
 DATASET_HELP = "Built-in dataset (see `nrs list datasets`) or a YAML run spec file."
 DATA_ROOT_HELP = "Folder holding the datasets (default: $NRS_DATA_ROOT, then ~/.cache/nrs/data)."
