@@ -76,21 +76,6 @@ def check_fingerprint(path: str | os.PathLike, recorded: Any, current: dict[str,
         raise NrsError(f"refusing to resume {path}: it was made with a different {', '.join(differ)} ({remedy})")
 
 
-class CsvLog:
-    """A CSV table that gains one flushed row at a time (metrics per epoch)."""
-
-    def __init__(self, path: str | os.PathLike, columns: list[str]):
-        self.path = Path(path)
-        self.columns = columns
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as handle:
-            csv.writer(handle).writerow(columns)
-
-    def append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", newline="") as handle:
-            csv.writer(handle).writerow([format_cell(row[column]) for column in self.columns])
-
-
 def write_csv(path: str | os.PathLike, columns: list[str], rows: list[dict[str, Any]]) -> None:
     """A whole CSV table at once, replacing any earlier file atomically."""
     lines = [",".join(columns)] + [",".join(format_cell(row[column]) for column in columns) for row in rows]
