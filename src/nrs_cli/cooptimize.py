@@ -16,7 +16,7 @@ each round evaluated with CERTIFY like a sweep point. A round is a row of ``metr
 The two halves alternate rather than share one loss (cross-entropy plus a weighted area
 objective): each half is then a loop that is already tested (training under noise, Algorithm 1),
 no weight between two losses of different scales has to be tuned, and the frozen half of each
-round is exactly the certified one. Every draw (batches, noise, dropout) is keyed by the round
+round is exactly the certified one. Every draw (batches, noise) is keyed by the round
 and step, so a resumed run ends with the same network and sigma as an uninterrupted one.
 """
 
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from nrs_cli.devices import autocast
 from nrs_cli.models import save_checkpoint
-from nrs_cli.noise import GaussianNoise, block_seed
+from nrs_cli.noise import GaussianNoise
 from nrs_cli.optimize import batch_stream, check_optimize_options, sweep_constants
 from nrs_cli.serialization import write_json
 from nrs_cli.sweep import (
@@ -125,34 +125,33 @@ def finetune_under_noise(
 ) -> float:
     """One round's fine-tuning of the network on ``x + sigma * z``; returns the mean loss.
 
-    Batches and noise are keyed by ``(stream, step)``, dropout by ``(stream, round)``. Under torchrun
-    each rank takes its share of every batch and the gradients are summed, as for Algorithm 1.
+    Batches and noise are keyed by ``(stream, step)``. Under torchrun each rank takes its share of
+    every batch and the gradients are summed, as for Algorithm 1. The network stays in eval mode
+    (dropout off, BatchNorm statistics frozen): a rank's dropout masks and batch statistics would
+    depend on how the batch is split, so two processes would fine-tune a different network than one.
     """
     job, co = context.job, context.job.spec.cooptimize
     model, device, collective, seed = job.model, job.device, job.collective, job.spec.seed
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-    model.train()
-    losses = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(block_seed(seed, f"finetune/{stream}", round_, 0))
-        for step in range((round_ - 1) * co.finetune_steps, round_ * co.finetune_steps):
-            indices = batch_stream(len(job.train_set), co.finetune_batch_size, seed, f"finetune/{stream}", step)
-            mine = indices[collective.rank :: collective.world]
-            images, labels = stack_items(job.train_set, mine)
-            z = torch.empty(images.shape, device=device)
-            GaussianNoise(seed, f"finetune/{stream}/{step}", counter=True).inputs(mine, 1, device).fill(z, 0)
-            with autocast(device, job.spec.engine.precision):
-                logits = model(images.to(device) + sigma * z)
-            loss = F.cross_entropy(logits.float(), labels.to(device), reduction="sum") / len(indices)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for parameter in model.parameters():
-                if parameter.grad is not None:
-                    collective.sum_(parameter.grad)
-            optimizer.step()
-            losses.append(float(collective.sum_(loss.detach().reshape(1))))
     model.eval()
+    losses = []
+    for step in range((round_ - 1) * co.finetune_steps, round_ * co.finetune_steps):
+        indices = batch_stream(len(job.train_set), co.finetune_batch_size, seed, f"finetune/{stream}", step)
+        mine = indices[collective.rank :: collective.world]
+        images, labels = stack_items(job.train_set, mine)
+        z = torch.empty(images.shape, device=device)
+        GaussianNoise(seed, f"finetune/{stream}/{step}", counter=True).inputs(mine, 1, device).fill(z, 0)
+        with autocast(device, job.spec.engine.precision):
+            logits = model(images.to(device) + sigma * z)
+        loss = F.cross_entropy(logits.float(), labels.to(device), reduction="sum") / len(indices)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                collective.sum_(parameter.grad)
+        optimizer.step()
+        losses.append(float(collective.sum_(loss.detach().reshape(1))))
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return sum(losses) / len(losses) if losses else math.nan
