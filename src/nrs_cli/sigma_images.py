@@ -15,6 +15,7 @@ regions are where it does not (the features it relies on).
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -91,10 +92,11 @@ def plot_sigmas(
                     bar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, ticks=[0, 255])
                     bar.ax.set_yticklabels([low_label, high_label])
                     bar.ax.tick_params(labelsize=7)
-            else:
+            else:  # the range under the image: the axis, and with it its label, is off
                 axis.imshow(image)
-                axis.set_xlabel(f"σ from {low_label} to {high_label}", fontsize=7)
-            axis.set_title(title, fontsize=8)
+                axis.text(0.5, -0.03, f"σ from {low_label} to {high_label}", fontsize=7, ha="center", va="top",
+                          transform=axis.transAxes)  # fmt: skip
+            axis.set_title("\n".join(textwrap.wrap(title, 30)), fontsize=8)
         figure.suptitle("σ per input element (dark: low noise, bright: high noise)", fontsize=8)
         figure.tight_layout()
         return save_figure(figure, Path(out_stem))
