@@ -16,7 +16,7 @@ def start_nrs(*args, cwd: Path | None = None) -> subprocess.Popen:
     )
 
 
-def wait_for_rows(out: Path, rows: int, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_rows(out: Path, rows: int, process: subprocess.Popen, timeout: float = 300) -> None:
     """Wait until the TSV ``out`` holds more than ``rows`` lines (its header included)."""
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:

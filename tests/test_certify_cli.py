@@ -106,7 +106,7 @@ def test_predict(run_cli, trained_mini, tmp_path):
     assert sum(r["correct"] == "1" for r in rows) >= 8
 
 
-def launch_certify(trained_mini, out, extra=()):
+def launch_certify(trained_mini, out, extra=(), inputs=60):
     args = [
         sys.executable,
         "-m",
@@ -123,7 +123,7 @@ def launch_certify(trained_mini, out, extra=()):
         "--n",
         "400",
         "--max",
-        "60",
+        str(inputs),
         *extra,
     ]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -149,10 +149,10 @@ def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
 
 def test_interrupted_run_says_so_in_one_line_and_exits_2(trained_mini, tmp_path):
     out = tmp_path / "int.tsv"
-    process = launch_certify(trained_mini, out)
+    process = launch_certify(trained_mini, out, inputs=500)  # long enough to be caught running on a loaded machine
     wait_for_rows(out, 3, process)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2
     assert stderr.strip().startswith("error: interrupted") and stderr.strip().count("\n") == 0
     kept = len(read_table(out))

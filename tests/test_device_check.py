@@ -17,7 +17,7 @@ def test_device_check_runs_in_quick_mode_and_prints_every_table(tmp_path):
         env={**os.environ, "PYTHON": sys.executable},
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for heading in (

@@ -80,7 +80,7 @@ def test_sigterm_is_one_line_exit_2_and_the_run_resumes_to_the_same_file(run_cli
     process = start_nrs(*certify_args(trained_mini, out, *SLOW))
     wait_for_rows(out, 3, process)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2 and stderr.startswith("error: terminated (SIGTERM)") and stderr.count("\n") == 1
     kept = read_table(out)
     assert len(kept) >= 3
@@ -325,7 +325,7 @@ def test_train_base_resumes_exactly_and_a_failed_rerun_keeps_the_run(run_cli, tm
         assert process.poll() is None and time.time() < deadline
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2 and stderr.startswith("error: interrupted") and stderr.count("\n") == 1
     kept = snapshot(tmp_path / "runs" / "mnist-mini" / "cut")
     one_line_error(run_cli(*args, "--name", "cut", "--lr", 0.5), "different spec_sha256")
