@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -10,10 +11,17 @@ from pathlib import Path
 NRS = Path(sys.executable).with_name("nrs")  # the console script, as a user types it
 
 
+def interruptible() -> None:
+    """In the child: Ctrl-C's default back. A shell starts background jobs with SIGINT ignored, the
+    ignoring is inherited, and Python then never raises KeyboardInterrupt (a pytest run with `&`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_nrs(*args, cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(NRS), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [str(NRS), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible,
+    )  # fmt: skip
 
 
 def wait_for_rows(out: Path, rows: int, process: subprocess.Popen, timeout: float = 300) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import wait_for_rows
+from processes import interruptible, wait_for_rows
 
 from nrs_cli.models import build_model, save_checkpoint
 from nrs_cli.results import CERTIFY_COLUMNS, read_table
@@ -126,7 +126,7 @@ def launch_certify(trained_mini, out, extra=(), inputs=60):
         str(inputs),
         *extra,
     ]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
 
 
 def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
