@@ -50,6 +50,10 @@ DEVICE = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device
 CHUNK_SIZE = typer.Option(None, help="Noisy samples per forward pass; 0 chooses [spec: engine.chunk_size].")
 BATCH_ALIAS = typer.Option(None, "--batch", hidden=True, help="Old name of --chunk-size (Cohen et al.'s --batch).")
 SET = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP)
+INIT = typer.Option(None, help="First constant sigma to start from [spec: optimize.init].")
+INIT_STEP = typer.Option(None, help="Step between constants [spec: optimize.init_step].")
+INITS = typer.Option(None, help="Number of constants [spec: optimize.inits].")
+EVAL_MAX = typer.Option(None, help="Test inputs per evaluation, -1 all [spec: optimize.eval_max].")
 SIGMA = typer.Option(
     None,
     help="Noise scales: a number (isotropic, pixel units) or a sigma file from optimize-sigma "
@@ -412,9 +416,9 @@ def optimize_sigma_command(
     dataset: str = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
     name: str = typer.Option("sweep", help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/."),
-    init: Optional[float] = typer.Option(None, help="First constant sigma of the sweep [spec: optimize.init]."),
-    init_step: Optional[float] = typer.Option(None, help="Step between constants [spec: optimize.init_step]."),
-    inits: Optional[int] = typer.Option(None, help="Number of constants [spec: optimize.inits]."),
+    init: Optional[float] = INIT,
+    init_step: Optional[float] = INIT_STEP,
+    inits: Optional[int] = INITS,
     sub_epochs: Optional[int] = typer.Option(
         None, help="Sub-epochs per constant, evaluated after each [spec: optimize.sub_epochs]."
     ),
@@ -438,7 +442,7 @@ def optimize_sigma_command(
     eval_alpha: Optional[float] = typer.Option(
         None, help="CERTIFY alpha of the evaluations [spec: optimize.eval_alpha]."
     ),
-    eval_max: Optional[int] = typer.Option(None, help="Test inputs per evaluation, -1 all [spec: optimize.eval_max]."),
+    eval_max: Optional[int] = EVAL_MAX,
     baseline: Optional[bool] = typer.Option(
         None,
         "--baseline/--no-baseline",
@@ -568,9 +572,9 @@ def co_optimize_command(
     dataset: str = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
     name: str = typer.Option("co", help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/."),
-    init: Optional[float] = typer.Option(None, help="First constant sigma to start from [spec: optimize.init]."),
-    init_step: Optional[float] = typer.Option(None, help="Step between constants [spec: optimize.init_step]."),
-    inits: Optional[int] = typer.Option(None, help="Number of constants [spec: optimize.inits]."),
+    init: Optional[float] = INIT,
+    init_step: Optional[float] = INIT_STEP,
+    inits: Optional[int] = INITS,
     rounds: Optional[int] = typer.Option(
         None, help="Rounds per constant, evaluated after each [spec: cooptimize.rounds]."
     ),
@@ -581,7 +585,7 @@ def co_optimize_command(
         None, help="Adam learning rate of the network [spec: cooptimize.finetune_lr]."
     ),
     sigma_steps: Optional[int] = typer.Option(None, help="Algorithm 1 steps per round [spec: cooptimize.sigma_steps]."),
-    eval_max: Optional[int] = typer.Option(None, help="Test inputs per evaluation, -1 all [spec: optimize.eval_max]."),
+    eval_max: Optional[int] = EVAL_MAX,
     chunk_size: Optional[int] = CHUNK_SIZE,
     batch: Optional[int] = BATCH_ALIAS,
     seed: Optional[int] = SEED,
