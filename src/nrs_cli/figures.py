@@ -37,7 +37,7 @@ from nrs_cli.sigma import Sigma, constant_sigma, load_sigma
 from nrs_cli.sigma_images import plot_sigmas, robustness_report
 from nrs_cli.spec import RunSpec
 from nrs_cli.sweep import OptimizeJob, sweep_run
-from nrs_cli.tables import default_thresholds, latex_table, markdown_table
+from nrs_cli.tables import write_tables
 from nrs_cli.train import STATE_FILE, TrainJob, train_base_run, training_sigma
 
 Say = Callable[[str], None]
@@ -149,9 +149,5 @@ def draw_figures(
     written.append(report)
     given = {"log_area": spec.figures.area_thresholds, "radius": spec.figures.radius_thresholds}
     for column, chosen in given.items():
-        thresholds = list(chosen) if chosen else default_thresholds(results, column)
-        for kind, render in (("md", markdown_table), ("tex", latex_table)):
-            path = out / f"table-certified-accuracy-{column.replace('_', '-')}.{kind}"
-            atomic_write_text(render(results, column, thresholds), path)
-            written.append(path)
+        written += write_tables(results, column, chosen, out / f"table-certified-accuracy-{column.replace('_', '-')}")
     return written

@@ -47,12 +47,12 @@ from nrs_cli.layout import FIGURES_RUN, RunLayout
 from nrs_cli.models import build_model, load_checkpoint
 from nrs_cli.plots import ResultFile, load_result, plot_certified_accuracy, plot_methods
 from nrs_cli.results import read_metrics
-from nrs_cli.serialization import atomic_write_text, write_json
+from nrs_cli.serialization import write_json
 from nrs_cli.sigma import Sigma, constant_sigma, load_sigma
 from nrs_cli.sigma_images import plot_sigmas
 from nrs_cli.spec import RunSpec
 from nrs_cli.sweep import OptimizeJob, sweep_run
-from nrs_cli.tables import default_thresholds, latex_table, markdown_table
+from nrs_cli.tables import write_tables
 from nrs_cli.train import TrainJob, train_base_run
 
 LABELS = {
@@ -204,11 +204,7 @@ def draw_comparison(job: CompareJob, points, best, results: dict[str, ResultFile
     sigmas = [point_sigma(best[m], job.spec) for m in ("B", "D")]
     written += plot_sigmas(sigmas, out / "compare-sigma", titles=[LABELS["B"], LABELS["D"]])
     for column, thresholds in (("radius", list(job.spec.compare.radii)), ("log_area", None)):
-        chosen = thresholds or default_thresholds(ordered, column)
-        for kind, render in (("md", markdown_table), ("tex", latex_table)):
-            path = out / f"compare-table-{column.replace('_', '-')}.{kind}"
-            atomic_write_text(render(ordered, column, chosen), path)
-            written.append(path)
+        written += write_tables(ordered, column, thresholds, out / f"compare-table-{column.replace('_', '-')}")
     return written
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
 from nrs_cli.errors import NrsError
 from nrs_cli.metrics import metric
 from nrs_cli.plots import ResultFile, certified_accuracy_at, certified_values
+from nrs_cli.serialization import atomic_write_text
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -93,3 +95,14 @@ def latex_table(results: list[ResultFile], column: str, thresholds: list[float])
 def _tex(text: str) -> str:
     replacements = {"σ": r"$\sigma$", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#"}
     return "".join(replacements.get(ch, ch) for ch in text)
+
+
+def write_tables(results: list[ResultFile], column: str, thresholds: list[float] | None, stem: Path) -> list[Path]:
+    """The certified-accuracy table as ``<stem>.md`` and ``<stem>.tex`` (thresholds None: chosen from the data)."""
+    chosen = list(thresholds) if thresholds else default_thresholds(results, column)
+    written = []
+    for kind, render in (("md", markdown_table), ("tex", latex_table)):
+        path = stem.with_name(f"{stem.name}.{kind}")
+        atomic_write_text(render(results, column, chosen), path)
+        written.append(path)
+    return written
