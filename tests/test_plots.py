@@ -209,6 +209,8 @@ def test_tables_in_markdown_and_latex(tmp_path):
     latex = latex_table([a, b], "radius", [0.0, 0.5])
     assert r"isotropic, $\sigma$ = 0.4 & \textbf{100.0} & \textbf{100.0} \\" in latex
     assert latex.startswith(r"\begin{tabular}{lrr}")
+    nobody = markdown_table([a, b], "radius", [5.0])  # no input certified that far: no leader to mark
+    assert "| isotropic, σ = 0.4 | 0.0 |" in nobody and "**" not in nobody.split("\n", 1)[1]
 
 
 def is_png(path):

@@ -59,8 +59,13 @@ def accuracy_table(
     return header, rows
 
 
-def _best(rows: list[list[float]], column: int) -> float:
-    return max(row[column] for row in rows)
+def _is_best(rows: list[list[float]], column: int, value: float) -> bool:
+    """Bold marks the column's leader; a column where nobody certifies anything has none."""
+    return value > 0 and value == max(row[column] for row in rows)
+
+
+def _percent_cells(rows: list[list[float]], row: list[float], bold) -> list[str]:
+    return [bold(f"{100 * v:.1f}") if _is_best(rows, j, v) else f"{100 * v:.1f}" for j, v in enumerate(row)]
 
 
 def markdown_table(results: list[ResultFile], column: str, thresholds: list[float]) -> str:
@@ -72,7 +77,7 @@ def markdown_table(results: list[ResultFile], column: str, thresholds: list[floa
         "|---|" + "---:|" * len(header),
     ]
     for result, row in zip(results, rows):
-        cells = [(f"**{100 * v:.1f}**" if v == _best(rows, j) else f"{100 * v:.1f}") for j, v in enumerate(row)]
+        cells = _percent_cells(rows, row, lambda text: f"**{text}**")
         lines.append(f"| {result.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -86,7 +91,7 @@ def latex_table(results: list[ResultFile], column: str, thresholds: list[float])
         r"\hline",
     ]
     for result, row in zip(results, rows):
-        cells = [(f"\\textbf{{{100 * v:.1f}}}" if v == _best(rows, j) else f"{100 * v:.1f}") for j, v in enumerate(row)]
+        cells = _percent_cells(rows, row, lambda text: f"\\textbf{{{text}}}")
         lines.append(f"{_tex(result.label)} & " + " & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
