@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def _is_best(rows: list[list[float]], column: int, value: float) -> bool:
     return value > 0 and value == max(row[column] for row in rows)
 
 
-def _percent_cells(rows: list[list[float]], row: list[float], bold) -> list[str]:
+def _percent_cells(rows: list[list[float]], row: list[float], bold: Callable[[str], str]) -> list[str]:
     return [bold(f"{100 * v:.1f}") if _is_best(rows, j, v) else f"{100 * v:.1f}" for j, v in enumerate(row)]
 
 
