@@ -60,13 +60,14 @@ def accuracy_table(
     return header, rows
 
 
-def _is_best(rows: list[list[float]], column: int, value: float) -> bool:
-    """Bold marks the column's leader; a column where nobody certifies anything has none."""
-    return value > 0 and value == max(row[column] for row in rows)
+def _percent_cells(rows: list[list[float]], bold: Callable[[str], str]) -> list[list[str]]:
+    """Each row as percentages, the column's leader in bold; a column where nobody certifies anything has none."""
+    leaders = [max(column) for column in zip(*rows)]
 
+    def cell(value: float, lead: float) -> str:
+        return bold(f"{100 * value:.1f}") if 0 < value == lead else f"{100 * value:.1f}"
 
-def _percent_cells(rows: list[list[float]], row: list[float], bold: Callable[[str], str]) -> list[str]:
-    return [bold(f"{100 * v:.1f}") if _is_best(rows, j, v) else f"{100 * v:.1f}" for j, v in enumerate(row)]
+    return [[cell(v, lead) for v, lead in zip(row, leaders)] for row in rows]
 
 
 def markdown_table(results: list[ResultFile], column: str, thresholds: list[float]) -> str:
@@ -77,8 +78,7 @@ def markdown_table(results: list[ResultFile], column: str, thresholds: list[floa
         "| result | " + " | ".join(header) + " |",
         "|---|" + "---:|" * len(header),
     ]
-    for result, row in zip(results, rows):
-        cells = _percent_cells(rows, row, lambda text: f"**{text}**")
+    for result, cells in zip(results, _percent_cells(rows, lambda text: f"**{text}**")):
         lines.append(f"| {result.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -91,8 +91,7 @@ def latex_table(results: list[ResultFile], column: str, thresholds: list[float])
         f"{_tex(metric(column).name)} $\\geq$ & " + " & ".join(f"${h}$" for h in header) + r" \\",
         r"\hline",
     ]
-    for result, row in zip(results, rows):
-        cells = _percent_cells(rows, row, lambda text: f"\\textbf{{{text}}}")
+    for result, cells in zip(results, _percent_cells(rows, lambda text: f"\\textbf{{{text}}}")):
         lines.append(f"{_tex(result.label)} & " + " & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
