@@ -699,18 +699,15 @@ def plot_table_command(
     """Certified accuracy at chosen thresholds, as Markdown and LaTeX tables."""
     from nrs_cli.metrics import metric_from_option
     from nrs_cli.plots import load_result
-    from nrs_cli.serialization import atomic_write_text
-    from nrs_cli.tables import default_thresholds, latex_table, markdown_table, parse_thresholds
+    from nrs_cli.tables import default_thresholds, markdown_table, parse_thresholds, write_tables
 
     column = metric_from_option(axis).column
     loaded = [load_result(path) for path in results]
     thresholds = parse_thresholds(at) if at else default_thresholds(loaded, column)
-    markdown = markdown_table(loaded, column, thresholds)
-    console.print(markdown)
+    console.print(markdown_table(loaded, column, thresholds))
     if out:
-        atomic_write_text(markdown, out.with_name(out.name + ".md"))
-        atomic_write_text(latex_table(loaded, column, thresholds), out.with_name(out.name + ".tex"))
-        console.print(f"wrote {out}.md and {out}.tex")
+        written = write_tables(loaded, column, thresholds, out)
+        console.print("wrote " + " and ".join(map(str, written)))
 
 
 @command("visualize-sigma")
