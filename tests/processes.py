@@ -19,9 +19,13 @@ def interruptible() -> None:
 
 def start_nrs(*args, cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(NRS), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [str(NRS), *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=interruptible,
-    )  # fmt: skip
+    )
 
 
 def wait_for_rows(out: Path, rows: int, process: subprocess.Popen, timeout: float = 300) -> None:
