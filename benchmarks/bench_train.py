@@ -6,7 +6,8 @@
 Runs ``nrs_cli.train.Trainer.run_epoch`` (batched crop and flip, autocast,
 cross-entropy with label smoothing, SGD step and schedule) on random images
 held in memory, for fp32 and bf16, with and without channels_last, at
-several batch sizes, and once under Gaussian noise augmentation. The
+several batch sizes, once under Gaussian noise augmentation, and with
+``--compile`` once with the model compiled by ``torch.compile``. The
 baseline is PyTorch's default: fp32, contiguous layout, batch 128. A
 training step costs about three forward passes (forward, and backward to
 activations and to weights), so the FLOP fraction counts 3x the forward FLOPs.
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=1536, help="training images per timed epoch")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time the model compiled by torch.compile")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
     args = parser.parse_args()
     batch_sizes = (128, 256, 512)
@@ -52,14 +54,19 @@ def main() -> None:
     train_set = ImageTensorDataset(pixels, torch.randint(0, spec.data.num_classes, (args.images,), generator=generator))
     test_set = ImageTensorDataset(pixels[:1], train_set.labels[:1])  # the epoch's evaluation, made negligible
 
-    def trainer(precision: str, channels_last: bool, batch_size: int, noise: float | None = None) -> Trainer:
+    def trainer(
+        precision: str, channels_last: bool, batch_size: int, noise: float | None = None, compiled: bool = False
+    ) -> Trainer:
         variant = dataclasses.replace(
             spec,
             train=dataclasses.replace(spec.train, precision=precision, batch_size=batch_size),
             engine=dataclasses.replace(spec.engine, channels_last=channels_last),
         )
         sigma = constant_sigma(noise, shape) if noise else None
-        return Trainer(TrainJob(variant, build_model(variant), train_set, test_set, device, sigma))
+        model = build_model(variant)
+        return Trainer(
+            TrainJob(variant, torch.compile(model) if compiled else model, train_set, test_set, device, sigma)
+        )
 
     first = batch_sizes[0]
     configurations = {
@@ -70,6 +77,8 @@ def main() -> None:
     for size in batch_sizes:
         configurations[f"bf16, channels_last, batch {size}"] = trainer("bf16", True, size)
     configurations[f"bf16, channels_last, batch {first}, noise 0.12"] = trainer("bf16", True, first, 0.12)
+    if args.compile:
+        configurations[f"bf16, channels_last, batch {first}, compiled"] = trainer("bf16", True, first, compiled=True)
 
     def epoch(run: Trainer):
         def work() -> int:
@@ -78,7 +87,7 @@ def main() -> None:
 
         return work
 
-    for run in configurations.values():  # warm-up: first-touch allocations, oneDNN kernel selection
+    for run in configurations.values():  # warm-up: first-touch allocations, oneDNN kernel selection, compiling
         run.run_epoch(0)
     rates = interleaved({name: epoch(run) for name, run in configurations.items()}, args.rounds, device)
 
