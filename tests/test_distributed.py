@@ -129,7 +129,9 @@ def test_distributed_cooptimisation_matches_one_process(run_cli, trained_mini, t
     run = "mnist-mini/optimize/co"
     one = torch.load(tmp_path / "one" / run / "checkpoints/init00-0.3_round01.pt", weights_only=True)["state_dict"]
     two = torch.load(tmp_path / "two" / run / "checkpoints/init00-0.3_round01.pt", weights_only=True)["state_dict"]
-    assert all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-6) for k in one)  # gradients summed over ranks
+    # gradients summed over ranks; Adam divides each step by the gradient's own scale, so a weight whose
+    # gradient is ~0 can move by float noise (seen: 4.5e-6); a missing all-reduce moves weights by ~lr = 5e-4
+    assert all(torch.allclose(one[k], two[k], rtol=1e-4, atol=2e-5) for k in one)
     spec = load_spec("mnist-mini")
     sigma_one = load_sigma(tmp_path / "one" / run / "sigmas/init00-0.3_round01.pt", spec).values
     sigma_two = load_sigma(tmp_path / "two" / run / "sigmas/init00-0.3_round01.pt", spec).values
