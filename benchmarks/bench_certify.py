@@ -45,13 +45,14 @@ from common import (  # noqa: E402
     peak_rss_bytes,
 )
 
-from nrs_cli.certify import Smooth, inputs_per_group, lower_confidence_bound  # noqa: E402
-from nrs_cli.data import load_split  # noqa: E402
-from nrs_cli.devices import keep_freed_memory  # noqa: E402
-from nrs_cli.models import build_model  # noqa: E402
-from nrs_cli.noise import GaussianNoise  # noqa: E402
-from nrs_cli.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
-from nrs_cli.sigma import constant_sigma  # noqa: E402
+from nrs_cli.io.devices import keep_freed_memory  # noqa: E402
+from nrs_cli.io.loaders import load_split  # noqa: E402
+from nrs_cli.io.models import build_model  # noqa: E402
+from nrs_cli.method.certificate import inputs_per_group, lower_confidence_bound  # noqa: E402
+from nrs_cli.method.noise import GaussianNoise  # noqa: E402
+from nrs_cli.method.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
+from nrs_cli.method.sigma import constant_sigma  # noqa: E402
+from nrs_cli.method.smooth import Smooth  # noqa: E402
 
 SPEC_FOR_ARCH = {"mnist_cnn": "mnist-mini", "cifar_resnet110": "cifar10", "resnet50": "imagenet"}
 
@@ -185,7 +186,7 @@ def main() -> None:
         for precision, size in (("fp32", chunk), ("bf16", chunk_bf16)):
             engine = old.sampling.SamplingEngine(prepared, classes, shape, device, precision, size)
             name = f"nrs engine {precision} at {args.against}"
-            workloads[name] = lambda e=engine: engine_certify(e, sigma, images, n0, n, alpha, old.certify.Smooth)
+            workloads[name] = lambda e=engine: engine_certify(e, sigma, images, n0, n, alpha, old.Smooth)
             sizes[name] = size
     results = interleaved(workloads, rounds=args.rounds, device=device)
     baseline = results["per-input loop"]["best"]

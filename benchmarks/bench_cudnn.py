@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import bench_spec, markdown_table, synchronize  # noqa: E402
 
-from nrs_cli.models import build_model  # noqa: E402
-from nrs_cli.noise import GaussianNoise  # noqa: E402
-from nrs_cli.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
+from nrs_cli.io.models import build_model  # noqa: E402
+from nrs_cli.method.noise import GaussianNoise  # noqa: E402
+from nrs_cli.method.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
 
 
 def rate(arch, precision, channels_last, benchmark, samples):

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import markdown_table  # noqa: E402
 
-from nrs_cli.models import build_model, save_checkpoint  # noqa: E402
-from nrs_cli.spec import load_spec  # noqa: E402
+from nrs_cli.io.models import build_model, save_checkpoint  # noqa: E402
+from nrs_cli.io.spec import load_spec  # noqa: E402
 
 
 def main() -> None:

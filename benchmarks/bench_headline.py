@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import bench_spec, forward_flops, markdown_table, matmul_flops_per_second, synchronize  # noqa: E402
 
-from nrs_cli.certify import Smooth  # noqa: E402
-from nrs_cli.models import build_model  # noqa: E402
-from nrs_cli.noise import GaussianNoise  # noqa: E402
-from nrs_cli.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
-from nrs_cli.sigma import constant_sigma  # noqa: E402
+from nrs_cli.io.models import build_model  # noqa: E402
+from nrs_cli.method.noise import GaussianNoise  # noqa: E402
+from nrs_cli.method.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
+from nrs_cli.method.sigma import constant_sigma  # noqa: E402
+from nrs_cli.method.smooth import Smooth  # noqa: E402
 
 
 def engine_for(arch: str, device: torch.device, precision: str, quick: bool) -> tuple[SamplingEngine, tuple]:

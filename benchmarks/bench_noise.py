@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import markdown_table, synchronize  # noqa: E402
 
-from nrs_cli.noise import GaussianNoise  # noqa: E402
+from nrs_cli.method.noise import GaussianNoise  # noqa: E402
 
 
 def rate(device: torch.device, counter: bool, rounds: int) -> float:

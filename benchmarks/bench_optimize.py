@@ -12,9 +12,9 @@ second, for
   parameters left trainable (so backward also computes weight gradients
   nobody uses), the loss summed over the batch, one backward, one Adam step;
 - the same loop with a channels_last model, to separate layout from the rest;
-- ``nrs_cli.optimize.algorithm1_step`` with the engine (frozen parameters,
+- ``nrs_cli.method.algorithm1.algorithm1_step`` with the engine (frozen parameters,
   cache- or memory-sized chunks of many inputs) in fp32 and bf16;
-- the other half of a co-optimisation round, ``nrs_cli.cooptimize.finetune_under_noise``:
+- the other half of a co-optimisation round, ``nrs_cli.runs.cooptimize.finetune_under_noise``:
   the network trained on one noisy copy of each input (weights trainable), fp32 and bf16.
 """
 
@@ -32,15 +32,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import bench_spec, forward_flops, interleaved, markdown_table, matmul_flops_per_second  # noqa: E402
 
-from nrs_cli.cooptimize import finetune_under_noise  # noqa: E402
-from nrs_cli.data import ImageTensorDataset  # noqa: E402
-from nrs_cli.devices import keep_freed_memory  # noqa: E402
-from nrs_cli.models import build_model  # noqa: E402
-from nrs_cli.noise import GaussianNoise  # noqa: E402
-from nrs_cli.optimize import P_HAT_RANGE, algorithm1_step  # noqa: E402
-from nrs_cli.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
-from nrs_cli.spec import load_spec  # noqa: E402
-from nrs_cli.sweep import OptimizeContext, OptimizeJob  # noqa: E402
+from nrs_cli.io.data import ImageTensorDataset  # noqa: E402
+from nrs_cli.io.devices import keep_freed_memory  # noqa: E402
+from nrs_cli.io.models import build_model  # noqa: E402
+from nrs_cli.io.spec import load_spec  # noqa: E402
+from nrs_cli.method.algorithm1 import P_HAT_RANGE, algorithm1_step  # noqa: E402
+from nrs_cli.method.noise import GaussianNoise  # noqa: E402
+from nrs_cli.method.sampling import SamplingEngine, choose_chunk_size, prepare_model  # noqa: E402
+from nrs_cli.runs.cooptimize import finetune_under_noise  # noqa: E402
+from nrs_cli.runs.optimization import OptimizeContext, OptimizeJob  # noqa: E402
 
 SPEC_FOR_ARCH = {"mnist_cnn": "mnist", "cifar_resnet110": "cifar10", "resnet50": "imagenet"}
 
@@ -85,7 +85,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     images = torch.rand((args.batch_size, *shape), generator=generator).to(device)
     if args.arch == "mnist_cnn":
-        from nrs_cli.data import load_split
+        from nrs_cli.io.loaders import load_split
 
         test = load_split(load_spec("mnist-mini").data, "test")
         images = torch.stack([test[i][0] for i in range(args.batch_size)]).to(device)

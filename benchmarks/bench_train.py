@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_train.py                      # cifar10-cpu's ResNet-20 on the CPU
     .venv/bin/python benchmarks/bench_train.py --spec mnist --device cuda
 
-Runs ``nrs_cli.train.Trainer.run_epoch`` (batched crop and flip, autocast,
+Runs ``nrs_cli.runs.train.Trainer.run_epoch`` (batched crop and flip, autocast,
 cross-entropy with label smoothing, SGD step and schedule) on random images
 held in memory, for fp32 and bf16, with and without channels_last, at
 several batch sizes, once under Gaussian noise augmentation, and with
@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import forward_flops, interleaved, markdown_table, matmul_flops_per_second  # noqa: E402
 
-from nrs_cli.data import ImageTensorDataset  # noqa: E402
-from nrs_cli.models import build_model  # noqa: E402
-from nrs_cli.sigma import constant_sigma  # noqa: E402
-from nrs_cli.spec import load_spec  # noqa: E402
-from nrs_cli.train import Trainer, TrainJob  # noqa: E402
+from nrs_cli.io.data import ImageTensorDataset  # noqa: E402
+from nrs_cli.io.models import build_model  # noqa: E402
+from nrs_cli.io.spec import load_spec  # noqa: E402
+from nrs_cli.method.sigma import constant_sigma  # noqa: E402
+from nrs_cli.runs.train import Trainer, TrainJob  # noqa: E402
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -73,7 +74,7 @@ def interleaved(workloads: dict[str, Callable[[], int]], rounds: int, device: to
 
 def bench_spec(name: str, arch: str, quick: bool = False):
     """The run spec a benchmark uses: random initial weights; in quick mode 64x64 instead of 224x224 images."""
-    from nrs_cli.spec import load_spec
+    from nrs_cli.io.spec import load_spec
 
     overrides = {"model.arch": arch, "model.pretrained": False}
     spec = load_spec(name, overrides)
@@ -83,36 +84,37 @@ def bench_spec(name: str, arch: str, quick: bool = False):
 
 
 def import_revision(revision: str):
-    """The nrs package as committed at a git revision, importable beside the working tree's
-    (as ``nrs_cli_at_revision``): to measure a change against what it changes, in one interleaved run."""
+    """The engine of nrs as committed at a git revision, importable beside the working tree's (as
+    ``nrs_cli_at_revision``): to measure a change against what it changes, in one interleaved run.
+    Returns its ``sampling`` module and its ``Smooth`` class, whichever layout the revision has."""
     repository = Path(__file__).resolve().parents[1]
     folder = Path(tempfile.mkdtemp(prefix="nrs-revision-"))
-    package = folder / "nrs_cli_at_revision"
     listing = subprocess.run(
-        ["git", "ls-tree", "--name-only", f"{revision}:src/nrs_cli"],
+        ["git", "ls-tree", "-r", "--name-only", revision, "--", "src/nrs_cli"],
         cwd=repository,
         check=True,
         capture_output=True,
         text=True,
     ).stdout.split()
-    package.mkdir()
     for name in (n for n in listing if n.endswith(".py")):
         source = subprocess.run(
-            ["git", "show", f"{revision}:src/nrs_cli/{name}"],
-            cwd=repository,
-            check=True,
-            capture_output=True,
-            text=True,
+            ["git", "show", f"{revision}:{name}"], cwd=repository, check=True, capture_output=True, text=True
         ).stdout
-        (package / name).write_text(
+        target = folder / "nrs_cli_at_revision" / Path(name).relative_to("src/nrs_cli")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(
             source.replace("nrs_cli.", "nrs_cli_at_revision.").replace(
                 "from nrs_cli import", "from nrs_cli_at_revision import"
             )
         )
     sys.path.insert(0, str(folder))
-    for module in ("sampling", "certify", "noise"):
-        importlib.import_module(f"nrs_cli_at_revision.{module}")
-    return importlib.import_module("nrs_cli_at_revision")
+    try:  # layers as packages
+        sampling = importlib.import_module("nrs_cli_at_revision.method.sampling")
+        smooth = importlib.import_module("nrs_cli_at_revision.method.smooth").Smooth
+    except ModuleNotFoundError:  # the flat layout of earlier revisions
+        sampling = importlib.import_module("nrs_cli_at_revision.sampling")
+        smooth = importlib.import_module("nrs_cli_at_revision.certify").Smooth
+    return types.SimpleNamespace(sampling=sampling, Smooth=smooth)
 
 
 def peak_rss_bytes() -> int:

@@ -17,7 +17,7 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from nrs_cli.sampling import SamplingEngine, prepare_model
+from nrs_cli.method.sampling import SamplingEngine, prepare_model
 
 SHAPE = (1, 4, 4)
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from processes import interruptible, wait_for_rows
 
-from nrs_cli.models import build_model, save_checkpoint
-from nrs_cli.results import CERTIFY_COLUMNS, read_table
-from nrs_cli.sigma import save_sigma
-from nrs_cli.spec import load_spec
+from nrs_cli.io.models import build_model, save_checkpoint
+from nrs_cli.io.spec import load_spec
+from nrs_cli.method.sigma import save_sigma
+from nrs_cli.runs.certification import CERTIFY_SCHEMA, read_results
 
 QUICK = ["--n0", 20, "--n", 100, "--max", 12]
 
@@ -24,7 +24,7 @@ def certify(run_cli, trained_mini, out, *args):
 
 
 def without_time(path):
-    rows = read_table(path)
+    rows = read_results(path)
     for row in rows:
         row.pop("time")
         row.pop("crc32")  # covers the time
@@ -36,8 +36,8 @@ def test_certify_writes_cohens_columns_then_ours(run_cli, trained_mini, tmp_path
     result = certify(run_cli, trained_mini, out, "--sigma", 0.25, *QUICK)
     assert result.code == 0, result.stderr
     header = out.read_text().splitlines()[0].split("\t")
-    assert header[:6] == ["idx", "label", "predict", "radius", "correct", "time"] and header == CERTIFY_COLUMNS
-    rows = read_table(out)
+    assert header[:6] == ["idx", "label", "predict", "radius", "correct", "time"] and header == CERTIFY_SCHEMA.header
+    rows = read_results(out)
     assert [int(r["idx"]) for r in rows] == list(range(12))
     summary = json.loads((tmp_path / "iso.summary.json").read_text())
     manifest = json.loads((tmp_path / "iso.manifest.json").read_text())
@@ -46,7 +46,7 @@ def test_certify_writes_cohens_columns_then_ours(run_cli, trained_mini, tmp_path
     assert manifest["fingerprint"]["n"] == 100 and manifest["sigma"]["label"] == "0.25"
     assert summary["samples_per_second"] > 0
     rerun = certify(run_cli, trained_mini, out, "--sigma", 0.25, *QUICK)  # nothing left to do
-    assert rerun.code == 0 and read_table(out) == rows
+    assert rerun.code == 0 and read_results(out) == rows
     assert json.loads((tmp_path / "iso.summary.json").read_text()) == summary  # throughput measured before kept
     for row in rows:
         if row["predict"] != "-1":  # isotropic: radius = sigma * Phi^-1(pA_lower) = gm_radius
@@ -77,7 +77,7 @@ def test_anisotropic_sigma_file_and_two_sided_bound(run_cli, trained_mini, tmp_p
     assert (
         certify(run_cli, trained_mini, out, "--sigma", tmp_path / "sigma.pt", "--bound", "two-sided", *QUICK).code == 0
     )
-    for row in read_table(out):
+    for row in read_results(out):
         if row["predict"] != "-1":
             R = float(row["icdf"])
             assert float(row["radius"]) == pytest.approx(0.2 * R, rel=1e-6)  # the smallest semi-axis
@@ -101,7 +101,7 @@ def test_predict(run_cli, trained_mini, tmp_path):
         10,
     )
     assert result.code == 0, result.stderr
-    rows = read_table(out)
+    rows = read_results(out)
     assert list(rows[0]) == ["idx", "label", "predict", "correct", "time", "crc32"] and len(rows) == 10
     assert sum(r["correct"] == "1" for r in rows) >= 8
 
@@ -138,7 +138,7 @@ def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
     wait_for_rows(out, 5, process)
     process.kill()  # no chance to clean up, as after a crash or a lost machine
     process.wait()
-    written = len(read_table(out))
+    written = len(read_results(out))
     assert 5 <= written < 60
     with open(out, "a") as handle:
         handle.write("17\t3\t3\t0.1")  # and a half-written row, as if killed mid-line
@@ -155,7 +155,7 @@ def test_interrupted_run_says_so_in_one_line_and_exits_2(trained_mini, tmp_path)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2
     assert stderr.strip().startswith("error: interrupted") and stderr.strip().count("\n") == 0
-    kept = len(read_table(out))
+    kept = len(read_results(out))
     assert kept >= 3 and out.read_text().endswith("\n")
 
 

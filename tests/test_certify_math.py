@@ -8,16 +8,16 @@ import torch
 from linear import SHAPE, linear_engine, linear_model
 from scipy.stats import norm
 
-from nrs_cli.certify import (
+from nrs_cli.errors import NrsError
+from nrs_cli.method.certificate import (
     ABSTAIN,
-    Smooth,
     certificate,
     class_bounds,
     lower_confidence_bound,
     upper_confidence_bound,
 )
-from nrs_cli.errors import NrsError
-from nrs_cli.sigma import Sigma, constant_sigma
+from nrs_cli.method.sigma import Sigma, constant_sigma
+from nrs_cli.method.smooth import Smooth
 
 
 def anisotropic_sigma(seed=1):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from processes import start_nrs
 
-from nrs_cli import __version__
+from nrs_cli.version import __version__
 
 
 def test_list_shows_every_registry(run_cli):

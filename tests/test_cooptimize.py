@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from nrs_cli.cooptimize import cooptimize_run, finetune_under_noise
-from nrs_cli.data import ImageTensorDataset, load_split
-from nrs_cli.models import load_checkpoint
-from nrs_cli.results import read_metrics
-from nrs_cli.spec import load_spec
-from nrs_cli.sweep import OptimizeContext, OptimizeJob, PointDone
+from nrs_cli.io.data import ImageTensorDataset
+from nrs_cli.io.loaders import load_split
+from nrs_cli.io.models import load_checkpoint
+from nrs_cli.io.spec import load_spec
+from nrs_cli.runs.cooptimize import cooptimize_run, finetune_under_noise
+from nrs_cli.runs.optimization import OptimizeContext, OptimizeJob, PointDone, read_metrics
 
 HALVES = {
     "data.input_shape": [1, 4, 4],
@@ -113,7 +113,7 @@ def test_resumed_cooptimisation_ends_with_the_same_network_and_sigma(trained_min
 
 @pytest.mark.slow
 def test_compare_draws_every_method_from_its_run_files(run_cli, trained_mini, tmp_path, monkeypatch):
-    import nrs_cli.methods as methods
+    import nrs_cli.experiments.compare as methods
 
     drawn = {}
     real = methods.plot_methods

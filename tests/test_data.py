@@ -10,9 +10,10 @@ import pytest
 import torch
 from fixtures import write_cifar_batches, write_image_folder, write_kitti, write_mnist_raw
 
-from nrs_cli.data import DATA_ROOT_ENV, KITTI_CLASSES, kitti_image_label, load_split, resolve_data_root
 from nrs_cli.errors import NrsError
-from nrs_cli.spec import load_spec
+from nrs_cli.io.data import DATA_ROOT_ENV, resolve_data_root
+from nrs_cli.io.loaders import KITTI_CLASSES, kitti_image_label, load_split
+from nrs_cli.io.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

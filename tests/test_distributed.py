@@ -9,9 +9,10 @@ import time
 import pytest
 import torch
 
-from nrs_cli.results import read_csv, read_table
-from nrs_cli.sigma import load_sigma
-from nrs_cli.spec import load_spec
+from nrs_cli.io.spec import load_spec
+from nrs_cli.method.sigma import load_sigma
+from nrs_cli.runs.certification import read_results
+from nrs_cli.runs.optimization import read_metrics
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
 
@@ -38,7 +39,7 @@ def torchrun(*args, processes=2, wait=True):
 
 
 def without_time(path):
-    rows = read_table(path)
+    rows = read_results(path)
     for row in rows:
         row.pop("time")
         row.pop("crc32")  # covers the time
@@ -71,8 +72,8 @@ def test_distributed_certify_equals_one_process(run_cli, trained_mini, tmp_path)
     result = torchrun(*certify_args(trained_mini, merged))
     assert result.returncode == 0, result.stderr[-2000:]
     assert without_time(merged) == without_time(single)  # 17 inputs: ranks take 9 and 8
-    assert len(read_table(tmp_path / "merged.shard0of2.tsv")) == 9
-    assert len(read_table(tmp_path / "merged.shard1of2.tsv")) == 8
+    assert len(read_results(tmp_path / "merged.shard0of2.tsv")) == 9
+    assert len(read_results(tmp_path / "merged.shard1of2.tsv")) == 8
     assert result.stdout.count("certified accuracy") == 1  # only rank 0 speaks
     # the merged file resumes like a single-process one
     assert run_cli(*certify_args(trained_mini, merged)).code == 0
@@ -113,7 +114,7 @@ def test_distributed_sweep_matches_one_process(run_cli, trained_mini, tmp_path):
         two = load_sigma(tmp_path / "two/mnist-mini/optimize/sweep/sigmas" / name, spec).values
         assert torch.allclose(one, two, rtol=1e-4, atol=1e-6)
         assert not torch.equal(one, torch.full_like(one, 0.3))  # it did move
-    rows = [read_csv(tmp_path / d / "mnist-mini/optimize/sweep/metrics.csv") for d in ("one", "two")]
+    rows = [read_metrics(tmp_path / d / "mnist-mini/optimize/sweep") for d in ("one", "two")]
     assert [r["accuracy"] for r in rows[0]] == [r["accuracy"] for r in rows[1]]
 
 
@@ -157,7 +158,7 @@ def test_a_killed_rank_fails_the_launch_readably_and_a_rerun_completes(run_cli, 
     _, stderr = launcher.communicate(timeout=180)
     assert launcher.returncode != 0
     assert "failed" in stderr.lower() and "Signal 9" in stderr  # torchrun names the rank and the signal
-    assert not out.exists() or len(read_table(out)) < 60  # nothing was merged from half-done shards
+    assert not out.exists() or len(read_results(out)) < 60  # nothing was merged from half-done shards
     result = torchrun(*certify_args(trained_mini, out, n=400, stop=60))
     assert result.returncode == 0, result.stderr[-2000:]
     single = tmp_path / "single.tsv"

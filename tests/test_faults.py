@@ -22,10 +22,10 @@ import torch
 from fixtures import write_idx, write_mnist_raw
 from processes import start_nrs, wait_for_rows
 
-from nrs_cli.models import build_model, save_checkpoint
-from nrs_cli.results import read_table
-from nrs_cli.sigma import save_sigma
-from nrs_cli.spec import load_spec
+from nrs_cli.io.models import build_model, save_checkpoint
+from nrs_cli.io.spec import load_spec
+from nrs_cli.method.sigma import save_sigma
+from nrs_cli.runs.certification import read_results
 
 QUICK = ["--n0", 10, "--n", 60]
 SLOW = ["--n0", 20, "--n", 400, "--max", 40]  # long enough to be caught in the middle
@@ -39,7 +39,7 @@ def one_line_error(result, *parts: str) -> None:
 
 
 def rows_without_time(path: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in ("time", "crc32")} for row in read_table(path)]
+    return [{k: v for k, v in row.items() if k not in ("time", "crc32")} for row in read_results(path)]
 
 
 def certify_args(trained_mini, out, *extra):
@@ -72,7 +72,7 @@ def test_two_writers_started_together_leave_one_complete_table(trained_mini, tmp
     processes = [start_nrs(*certify_args(trained_mini, out, *QUICK, "--max", 20)) for _ in range(2)]
     codes = sorted(p.wait(timeout=300) for p in processes)
     assert codes == [0, 2]
-    assert [int(r["idx"]) for r in read_table(out)] == list(range(20))
+    assert [int(r["idx"]) for r in read_results(out)] == list(range(20))
 
 
 def test_sigterm_is_one_line_exit_2_and_the_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
@@ -82,12 +82,12 @@ def test_sigterm_is_one_line_exit_2_and_the_run_resumes_to_the_same_file(run_cli
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2 and stderr.startswith("error: terminated (SIGTERM)") and stderr.count("\n") == 1
-    kept = read_table(out)
+    kept = read_results(out)
     assert len(kept) >= 3
     assert run_cli(*certify_args(trained_mini, out, *SLOW)).code == 0
     clean = tmp_path / "clean.tsv"
     assert run_cli(*certify_args(trained_mini, clean, *SLOW)).code == 0
-    assert rows_without_time(out) == rows_without_time(clean) and read_table(out)[: len(kept)] == kept
+    assert rows_without_time(out) == rows_without_time(clean) and read_results(out)[: len(kept)] == kept
 
 
 def test_killed_at_any_moment_the_next_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
@@ -306,7 +306,7 @@ def test_unwritable_outputs_are_one_line_errors_and_a_full_disk_keeps_the_table(
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(out))
 
-    monkeypatch.setattr("nrs_cli.serialization._atomic_write", no_space)
+    monkeypatch.setattr("nrs_cli.io.serialization._atomic_write", no_space)
     one_line_error(run_cli(*certify_args(trained_mini, out, *QUICK, "--max", 6)), "No space left on device")
     assert snapshot(tmp_path) == before
 
@@ -328,7 +328,7 @@ def test_train_base_resumes_exactly_and_a_failed_rerun_keeps_the_run(run_cli, tm
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2 and stderr.startswith("error: interrupted") and stderr.count("\n") == 1
     kept = snapshot(tmp_path / "runs" / "mnist-mini" / "cut")
-    one_line_error(run_cli(*args, "--name", "cut", "--lr", 0.5), "different spec_sha256")
+    one_line_error(run_cli(*args, "--name", "cut", "--lr", 0.5), "different train.lr (0.001 → 0.5)")
     assert snapshot(tmp_path / "runs" / "mnist-mini" / "cut") == kept
     resumed = run_cli(*args, "--name", "cut")
     assert resumed.code == 0 and "resumed after epoch" in resumed.stdout

@@ -9,10 +9,10 @@ import pytest
 import torch
 from linear import SHAPE, linear_model
 
-from nrs_cli.certify import Smooth
-from nrs_cli.noise import GaussianNoise, _compiled_counter_normals, counter_normals, input_key, philox4x32
-from nrs_cli.results import read_table
-from nrs_cli.sampling import SamplingEngine, choose_chunk_size, prepare_model
+from nrs_cli.method.noise import GaussianNoise, _compiled_counter_normals, counter_normals, input_key, philox4x32
+from nrs_cli.method.sampling import SamplingEngine, choose_chunk_size, prepare_model
+from nrs_cli.method.smooth import Smooth
+from nrs_cli.runs.certification import read_results
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 CUDA = torch.device("cuda")
@@ -70,6 +70,6 @@ def test_train_and_certify_on_cuda_from_the_command_line(run_cli, tmp_path, monk
     assert run_cli("train-base", "--device", "cuda", "--epochs", 2).code == 0
     result = run_cli("certify", "--device", "cuda", "--precision", "bf16", "--sigma", 0.25, "--max", 100, "--n", 2000)
     assert result.code == 0, result.stderr
-    rows = [r for r in read_table(tmp_path / "runs/mnist-mini/certify/iso-0.25_n2000.tsv") if r["predict"] != "-1"]
+    rows = [r for r in read_results(tmp_path / "runs/mnist-mini/certify/iso-0.25_n2000.tsv") if r["predict"] != "-1"]
     assert sum(r["correct"] == "1" for r in rows) >= 80
     assert all(math.isclose(float(r["radius"]), 0.25 * float(r["icdf"]), rel_tol=1e-6) for r in rows)

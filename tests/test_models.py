@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from nrs_cli.errors import NrsError
-from nrs_cli.models import Normalize, build_model, list_archs, load_checkpoint, model_digest, save_checkpoint
-from nrs_cli.spec import load_spec
+from nrs_cli.io.models import Normalize, build_model, list_archs, load_checkpoint, model_digest, save_checkpoint
+from nrs_cli.io.spec import load_spec
 
 
 def test_registry_lists_the_paper_architectures():

@@ -11,9 +11,10 @@ import torch
 from fixtures import CIFAR10_CLASSES, write_cifar_batches, write_cifar_copy, write_image_folder, write_kitti
 from PIL import Image
 
-from nrs_cli.data import load_split, split_labels
 from nrs_cli.errors import NrsError
-from nrs_cli.spec import load_spec
+from nrs_cli.io.data import split_labels
+from nrs_cli.io.loaders import load_split
+from nrs_cli.io.spec import load_spec
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

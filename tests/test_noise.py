@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from nrs_cli.noise import GaussianNoise, counter_normals, input_key, philox4x32
+from nrs_cli.method.noise import GaussianNoise, counter_normals, input_key, philox4x32
 
 # Random123's kat_vectors for philox4x32-10: counter words, key words -> output words.
 KNOWN_ANSWERS = [

@@ -8,15 +8,15 @@ import pytest
 import torch
 from linear import SHAPE, Linear2, linear_engine
 
-from nrs_cli.certify import lower_confidence_bound
-from nrs_cli.compare import pareto_front
-from nrs_cli.models import load_checkpoint
-from nrs_cli.noise import GaussianNoise
-from nrs_cli.optimize import P_HAT_RANGE, algorithm1_step, batch_stream
-from nrs_cli.results import read_metrics
-from nrs_cli.sigma import SIGMA_BOUNDS, load_sigma
-from nrs_cli.spec import load_spec
-from nrs_cli.sweep import OptimizeJob, PointDone, compare_to_isotropic, sweep_run
+from nrs_cli.io.models import load_checkpoint
+from nrs_cli.io.spec import load_spec
+from nrs_cli.method.algorithm1 import P_HAT_RANGE, algorithm1_step
+from nrs_cli.method.certificate import lower_confidence_bound
+from nrs_cli.method.fronts import pareto_front
+from nrs_cli.method.noise import GaussianNoise
+from nrs_cli.method.sigma import SIGMA_BOUNDS, load_sigma
+from nrs_cli.runs.optimization import OptimizeJob, PointDone, batch_stream, read_metrics
+from nrs_cli.runs.sweep import run_sweep, sweep_summary
 
 
 def half_blind_model():
@@ -121,7 +121,7 @@ def test_a_batch_with_no_right_vote_takes_no_step():
 
 
 def test_batch_stream_is_a_seeded_sequence_of_permutations():
-    batches = [batch_stream(10, 4, seed=0, init_index=0, step=s) for s in range(5)]
+    batches = [batch_stream(10, 4, seed=0, stream=0, step=s) for s in range(5)]
     flat = [i for b in batches for i in b]
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
     assert batch_stream(10, 4, 0, 0, 3) == batches[3]  # random access: resume and ranks agree
@@ -149,7 +149,7 @@ def test_compare_to_isotropic_interpolates_at_equal_accuracy():
             "sigma_file": "b.pt",
         },
     ]
-    summary = compare_to_isotropic(rows)
+    summary = sweep_summary(rows)
     first, second = summary["anisotropic"]
     assert first["gain_at_equal_accuracy"] == pytest.approx(500.0)  # isotropic -800 at 90%
     assert first["nearest_isotropic"] is None  # no isotropic point within one accuracy point
@@ -166,7 +166,7 @@ def test_compare_to_isotropic_interpolates_at_equal_accuracy():
         }
     )
     rows.append({"method": "isotropic", "init": 0.1, "accuracy": 0.976, "mean_log_area": -800.0})
-    third = compare_to_isotropic(rows)["anisotropic"][2]
+    third = sweep_summary(rows)["anisotropic"][2]
     assert third["nearest_isotropic"]["gain"] == pytest.approx(400.0)  # 0.976 - 0.966 is one point
 
 
@@ -199,7 +199,7 @@ def test_gain_is_measured_against_the_isotropic_front():
             "sigma_file": "a.pt",
         }
     )
-    (point,) = compare_to_isotropic(rows)["anisotropic"]
+    (point,) = sweep_summary(rows)["anisotropic"]
     assert point["gain_at_equal_accuracy"] == pytest.approx(300.0)  # not 377.5 against the weaker 91.4%
     assert point["nearest_isotropic"]["gain"] == pytest.approx(300.0)
 
@@ -220,12 +220,12 @@ TINY = {
 
 
 def tiny_sweep(trained_mini, run_dir, on_event=None):
-    from nrs_cli.data import load_split
+    from nrs_cli.io.loaders import load_split
 
     spec = load_spec("mnist-mini", TINY)
     model, _ = load_checkpoint(trained_mini / "checkpoint.pt", spec)
     train, test = load_split(spec.data, "train"), load_split(spec.data, "test")
-    return sweep_run(OptimizeJob(spec, model, train, test, run_dir, torch.device("cpu")), on_event)
+    return run_sweep(OptimizeJob(spec, model, train, test, run_dir, torch.device("cpu")), on_event)
 
 
 def comparable(rows):
@@ -313,7 +313,7 @@ def test_optimize_sigma_cli_end_to_end(run_cli, trained_mini, tmp_path):
     assert run_cli(*args).code == 0 and (run / "metrics.csv").read_text() == before
     # other settings into the same run folder are refused
     result = run_cli(*args[:-2], "--eval-n", 64)
-    assert result.code == 2 and "spec_sha256" in result.stderr
+    assert result.code == 2 and "optimize.eval_n (32 → 64)" in result.stderr
 
 
 def test_bad_sweep_options(run_cli, trained_mini, tmp_path):

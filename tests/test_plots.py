@@ -8,22 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from nrs_cli import plots
-from nrs_cli.figures import choose_sigmas
-from nrs_cli.plots import (
-    blanket_filter,
-    certified_accuracy_at,
-    certified_accuracy_curve,
-    load_result,
-    load_sweep,
-    plot_certified_accuracy,
-    plot_clean_accuracy,
-)
-from nrs_cli.results import CERTIFY_COLUMNS, SWEEP_COLUMNS, read_metrics, write_table
-from nrs_cli.sigma import Sigma, save_sigma
-from nrs_cli.sigma_images import robustness_report, sigma_to_image
-from nrs_cli.spec import load_spec
-from nrs_cli.tables import default_thresholds, latex_table, markdown_table
+from nrs_cli.experiments.figures import choose_sigmas
+from nrs_cli.io.spec import load_spec
+from nrs_cli.io.tables import write_table
+from nrs_cli.method.sigma import Sigma, save_sigma
+from nrs_cli.reports import plots
+from nrs_cli.reports.plots import blanket_filter, load_sweep, plot_certified_accuracy, plot_clean_accuracy
+from nrs_cli.reports.result_files import certified_accuracy_at, certified_accuracy_curve, load_result
+from nrs_cli.reports.sigma_images import robustness_report, sigma_to_image
+from nrs_cli.reports.tables import default_thresholds, latex_table, markdown_table
+from nrs_cli.runs.certification import CERTIFY_SCHEMA
+from nrs_cli.runs.optimization import SWEEP_SCHEMA, read_metrics
 
 # (correct, log_area, radius): 6 inputs, 4 correct, one abstention, one wrong
 ROWS = [
@@ -54,7 +49,7 @@ def write_result(path, rows, method="anisotropic", init=0.3):
                 "gm_radius": radius * 2,
             }
         )
-    write_table(path, CERTIFY_COLUMNS, table)
+    write_table(path, CERTIFY_SCHEMA, table)
     manifest = {
         "sigma": {"method": method, "init": init},
         "fingerprint": {"n0": 100, "n": 1000, "alpha": 0.001, "bound": "one-sided"},
@@ -118,10 +113,10 @@ def test_blanket_filter_on_a_hand_made_point_set():
 
 def write_sweep(run_dir, iso, aniso):
     run_dir.mkdir(parents=True)
-    lines = [",".join(SWEEP_COLUMNS)]
+    lines = [",".join(SWEEP_SCHEMA.header)]
     for method, points in (("isotropic", iso), ("anisotropic", aniso)):
         for k, (area, accuracy) in enumerate(points):
-            row = {c: "" for c in SWEEP_COLUMNS}
+            row = {c: "" for c in SWEEP_SCHEMA.header}
             isotropic = method == "isotropic"
             row.update(
                 method=method,
@@ -132,7 +127,7 @@ def write_sweep(run_dir, iso, aniso):
                 mean_log_area=area,
                 sigma_file="" if isotropic else "s.pt",
             )
-            lines.append(",".join(str(row[c]) for c in SWEEP_COLUMNS))
+            lines.append(",".join(str(row[c]) for c in SWEEP_SCHEMA.header))
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 

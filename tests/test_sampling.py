@@ -5,8 +5,8 @@ import torch
 from linear import SHAPE, linear_engine, linear_model
 from torch import nn
 
-from nrs_cli.noise import NOISE_BLOCK, GaussianNoise, block_seed
-from nrs_cli.sampling import SamplingEngine, prepare_model
+from nrs_cli.method.noise import NOISE_BLOCK, GaussianNoise, block_seed
+from nrs_cli.method.sampling import SamplingEngine, prepare_model
 
 
 @pytest.mark.parametrize("counter", [False, True])
@@ -76,8 +76,8 @@ def test_memory_does_not_grow_with_n():
 
 
 def test_automatic_chunk_size_is_cache_sized_on_cpu():
-    from nrs_cli.models import build_model
-    from nrs_cli.spec import load_spec
+    from nrs_cli.io.models import build_model
+    from nrs_cli.io.spec import load_spec
 
     spec = load_spec("mnist")
     engine = SamplingEngine(

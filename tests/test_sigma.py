@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from nrs_cli.sigma import SIGMA_FORMAT, constant_sigma, load_sigma, parse_sigma, save_sigma
-from nrs_cli.spec import load_spec
+from nrs_cli.io.spec import load_spec
+from nrs_cli.method.sigma import SIGMA_FORMAT, constant_sigma, load_sigma, parse_sigma, save_sigma
 
 
 def test_sigma_file_round_trip_keeps_values_and_metadata(tmp_path):

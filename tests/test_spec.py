@@ -3,7 +3,7 @@ import json
 import pytest
 
 from nrs_cli.errors import NrsError
-from nrs_cli.spec import builtin_specs, load_spec
+from nrs_cli.io.spec import builtin_specs, load_spec
 
 
 def test_every_builtin_spec_loads_with_its_paper_shape():

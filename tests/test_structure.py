@@ -1,37 +1,62 @@
-"""The shape of the package: one-way imports, short functions, few parameters.
+"""The shape of the package: layers as packages, one-way imports, small modules and functions.
 
-Data flows one way (spec -> data and model -> sampling engine -> certify /
-optimize -> results -> plots -> CLI): a module imports only modules earlier in
-:data:`LAYERS`. Functions stay small enough to read at once: at most
-:data:`MAX_BODY_LINES` lines after the docstring and :data:`MAX_PARAMETERS`
-parameters, except the Typer commands, whose signatures are their options.
+Data flows one way, and the folders say how: ``io`` (specs, data, models, files) -> ``method``
+(noise, sampling engine, certificate, Algorithm 1) -> ``runs`` (the resumable jobs of each
+command) -> ``reports`` (figures and tables) -> ``experiments`` (whole studies) -> ``cli``. A
+module imports only from lower layers, or from modules listed before it in its own layer
+(:data:`LAYERS`). The package root is the public API and may use every layer; ``errors`` and
+``version`` sit below them all. Functions stay small enough to read at once: at most
+:data:`MAX_BODY_LINES` lines after the docstring and :data:`MAX_PARAMETERS` parameters, except
+the Typer commands, whose signatures are their options; modules at most :data:`MAX_MODULE_LINES`.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "nrs_cli"
-LAYERS = [
-    "__init__", "errors", "collective", "spec", "serialization", "devices", "data", "models", "sigma", "layout",
-    "noise", "sampling", "metrics", "results", "certify", "compare", "optimize", "certify_runs", "train", "sweep",
-    "cooptimize", "plots", "tables", "sigma_images", "figures", "methods", "distributed", "cli", "__main__",
-]  # fmt: skip
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "nrs_cli"
+BOTTOM = ["version", "errors"]
+LAYERS = {
+    "io": ["collective", "spec_files", "spec", "serialization", "runstate", "tables", "devices", "distributed", "data",
+           "loaders", "models", "layout"],
+    "method": ["noise", "sigma", "sampling", "certificate", "smooth", "algorithm1", "fronts"],
+    "runs": ["train", "certification", "optimization", "sweep", "cooptimize", "jobs"],
+    "reports": ["metrics", "style", "result_files", "plots", "tables", "sigma_images"],
+    "experiments": ["figures", "compare"],
+    "cli": ["app", "options", "progress", "run_commands", "report_commands"],
+}  # fmt: skip
+TOP = ["__init__", "__main__"]  # the public API and `python -m nrs_cli`
 MAX_BODY_LINES = 60
 MAX_PARAMETERS = 8
+MAX_MODULE_LINES = 450
+
+
+def order() -> list[str]:
+    """Every module by dotted name (``method.noise``), lowest first."""
+    layered = [f"{layer}.{module}" for layer, modules in LAYERS.items() for module in [*modules, "__init__"]]
+    return BOTTOM + layered + TOP
 
 
 def modules() -> dict[str, ast.Module]:
-    return {path.stem: ast.parse(path.read_text()) for path in sorted(PACKAGE.glob("*.py"))}
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        found[name] = ast.parse(path.read_text())
+    return found
 
 
 def imported(tree: ast.Module) -> set[str]:
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nrs_cli"):
-            parts = node.module.split(".")
-            names.add(parts[1] if len(parts) > 1 else "__init__")
+            dotted = node.module.removeprefix("nrs_cli").removeprefix(".")
+            if dotted in LAYERS:  # `from nrs_cli.cli import app, main`: a module of the layer, or its __init__
+                names.update(f"{dotted}.{a.name if a.name in LAYERS[dotted] else '__init__'}" for a in node.names)
+            else:
+                names.add(dotted or "__init__")
     return names
 
 
@@ -53,14 +78,15 @@ def body_lines(node: ast.FunctionDef) -> int:
 
 
 def test_every_module_has_a_layer():
-    assert sorted(modules()) == sorted(LAYERS)
+    assert sorted(modules()) == sorted(order())
 
 
 def test_imports_only_go_down_the_layers():
+    rank = {name: k for k, name in enumerate(order())}
     wrong = []
     for name, tree in modules().items():
         for target in imported(tree):
-            if LAYERS.index(target) >= LAYERS.index(name):
+            if target not in rank or (rank[target] >= rank[name] and name != "__init__"):
                 wrong.append(f"{name} imports {target}")
     assert not wrong, wrong
 
@@ -78,3 +104,37 @@ def test_functions_are_short_and_take_few_parameters():
                 too_many.append(f"{where}: {count} parameters")
     assert not too_long, too_long
     assert not too_many, too_many
+
+
+def test_modules_are_small():
+    long = [
+        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if len(p.read_text().splitlines()) > MAX_MODULE_LINES
+    ]
+    assert not long, long
+
+
+def summary(tree: ast.Module) -> str:
+    """The first line of a module's docstring (a whole sentence, by the docstring convention here)."""
+    return ast.get_docstring(tree).splitlines()[0].rstrip(".").replace("``", "`")
+
+
+def module_map() -> str:
+    """The README's map of the package: each layer and each of its modules with its first sentence."""
+    trees = modules()
+    lines = []
+    for layer, names in LAYERS.items():
+        lines.append(f"{layer}/  {summary(trees[f'{layer}.__init__'])}")
+        lines += [f"  {name:<16}{summary(trees[f'{layer}.{name}'])}" for name in names]
+    return "\n".join(lines)
+
+
+def test_the_readme_module_map_is_the_package():
+    """README.md shows :func:`module_map` between its markers (regenerate with
+    ``python tests/test_structure.py``)."""
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- module map -->\n```\n(.*?)\n```\n<!-- /module map -->", readme, re.S)
+    assert found and found.group(1) == module_map()
+
+
+if __name__ == "__main__":
+    print(module_map())

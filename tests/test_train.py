@@ -7,11 +7,11 @@ from importlib.metadata import version
 import torch
 from torch import nn
 
-from nrs_cli.data import ImageTensorDataset
-from nrs_cli.models import load_checkpoint, model_digest
-from nrs_cli.sigma import Sigma, constant_sigma
-from nrs_cli.spec import load_spec
-from nrs_cli.train import TrainJob, train_base
+from nrs_cli.io.data import ImageTensorDataset
+from nrs_cli.io.models import load_checkpoint, model_digest
+from nrs_cli.io.spec import load_spec
+from nrs_cli.method.sigma import Sigma, constant_sigma
+from nrs_cli.runs.train import TrainJob, train_base
 
 
 class Spy(nn.Module):

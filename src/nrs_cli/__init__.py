@@ -1,3 +1,5 @@
 """nrs: certified robustness with non-uniform randomized smoothing."""
 
-__version__ = "0.1.0"
+from nrs_cli.version import __version__
+
+__all__ = ["__version__"]

@@ -1,0 +1,186 @@
+"""The commands that report: figures, compare, plot, visualize-sigma, list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from nrs_cli.cli.app import command, console, plot_app
+from nrs_cli.cli.options import DATA_ROOT, DATASET, DATASET_HELP, DEVICE, PRECISION, SET, spec_from
+from nrs_cli.errors import NrsError
+
+
+@command("compare")
+def compare_command(
+    datasets: list[str] = typer.Option(["mnist-mini"], "--dataset", "-d", help=DATASET_HELP + " Repeatable."),
+    out: Path = typer.Option(Path("figures"), help="Folder for the figures (one sub-folder per dataset)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live (finished steps are reused)."),
+    data_root: Optional[Path] = DATA_ROOT,
+    device: Optional[str] = DEVICE,
+    precision: Optional[str] = PRECISION,
+    set_: list[str] = SET,
+) -> None:
+    """Five ways to pick network and sigma on the same axes: clean or noise-trained network, isotropic or
+    optimised sigma, and both co-optimised (beyond the paper). Resumes finished steps."""
+    import time
+
+    from nrs_cli.experiments.compare import compare_run
+    from nrs_cli.io.devices import resolve_device
+
+    for name in datasets:
+        started = time.perf_counter()
+        spec = spec_from(name, {"engine.device": device, "engine.precision": precision}, set_)
+        console.print(f"compare: {spec.name} -> {out / spec.name}")
+        summary = compare_run(spec, data_root, runs_dir, out, resolve_device(spec.engine.device), console.print)
+        table = Table("method", "best point: accuracy", "mean log_area", box=None)
+        for method, point in summary["best"].items():
+            table.add_row(method, f"{point['accuracy']:.1%}", f"{point['mean_log_area']:.1f}")
+        console.print(table)
+        for pair, gain in summary["gains"].items():
+            value = gain["max_gain_at_equal_accuracy"]
+            console.print(f"{pair}: largest gain at equal accuracy {'-' if value is None else f'{value:+.1f}'}")
+        console.print(f"{spec.name}: done in {time.perf_counter() - started:.0f} s")
+
+
+def _metrics(axis: str) -> list:
+    from nrs_cli.reports.metrics import METRICS, metric_from_option
+
+    return list(METRICS.values()) if axis == "all" else [metric_from_option(axis)]
+
+
+@command("certified-accuracy", plot_app)
+def plot_certified_accuracy_command(
+    results: list[Path] = typer.Argument(..., help="certify TSV files, one line each"),
+    out: Path = typer.Option(Path("figures/certified-accuracy"), help="Output path without extension."),
+    axis: str = typer.Option("all", help="area (log_area), radius (l2), gm-radius, or all (one file each)."),
+    title: str = typer.Option("", help="Figure title."),
+) -> None:
+    """Certified accuracy against certified area, l2 radius or equal-volume radius (paper Fig 1)."""
+    from nrs_cli.reports.plots import plot_certified_accuracy
+    from nrs_cli.reports.result_files import load_result
+
+    loaded = [load_result(path) for path in results]
+    for metric in _metrics(axis):
+        stem = out.with_name(f"{out.name}-{metric.option}") if axis == "all" else out
+        for path in plot_certified_accuracy(loaded, metric.column, stem, title):
+            console.print(f"wrote {path}")
+
+
+@command("clean-accuracy", plot_app)
+def plot_clean_accuracy_command(
+    runs: list[Path] = typer.Argument(..., help="optimize-sigma run folders (with metrics.csv)"),
+    out: Path = typer.Option(Path("figures/clean-accuracy"), help="Output path without extension."),
+    unfiltered: bool = typer.Option(False, help="Also show every optimised point, not only the blanket-filtered ones."),
+    title: str = typer.Option("", help="Figure title."),
+) -> None:
+    """Clean accuracy against mean certified area over a sigma sweep (paper Figs 2 and 4).
+
+    Optimised points are blanket-filtered as in the paper: by decreasing
+    accuracy, a point is kept only if its certified area lies outside the range
+    of the points kept so far.
+    """
+    from nrs_cli.reports.plots import load_sweep, plot_clean_accuracy
+
+    for path in plot_clean_accuracy([load_sweep(run) for run in runs], out, unfiltered, title):
+        console.print(f"wrote {path}")
+
+
+@command("table", plot_app)
+def plot_table_command(
+    results: list[Path] = typer.Argument(..., help="certify TSV files, one row each"),
+    axis: str = typer.Option("area", help="area (log_area), radius (l2) or gm-radius."),
+    at: Optional[str] = typer.Option(None, help="Comma-separated thresholds (default: round values over the range)."),
+    out: Optional[Path] = typer.Option(None, help="Write OUT.md and OUT.tex too (path without extension)."),
+) -> None:
+    """Certified accuracy at chosen thresholds, as Markdown and LaTeX tables."""
+    from nrs_cli.reports.metrics import metric_from_option
+    from nrs_cli.reports.result_files import load_result
+    from nrs_cli.reports.tables import default_thresholds, markdown_table, parse_thresholds, write_tables
+
+    column = metric_from_option(axis).column
+    loaded = [load_result(path) for path in results]
+    thresholds = parse_thresholds(at) if at else default_thresholds(loaded, column)
+    console.print(markdown_table(loaded, column, thresholds))
+    if out:
+        written = write_tables(loaded, column, thresholds, out)
+        console.print("wrote " + " and ".join(map(str, written)))
+
+
+@command("visualize-sigma")
+def visualize_sigma_command(
+    sigmas: list[Path] = typer.Argument(..., help="sigma files (from optimize-sigma)"),
+    dataset: str = DATASET,
+    out: Path = typer.Option(Path("figures/sigma"), help="Output path without extension."),
+    colorbar: bool = typer.Option(True, help="Show each image's sigma range on a colour bar."),
+    columns: Optional[int] = typer.Option(None, min=1, help="Images per row of the grid."),
+    clip: float = typer.Option(
+        0.01, min=0.0, max=0.49, help="Fraction of elements saturated at each end of the grey scale (0: min to max)."
+    ),
+    report: bool = typer.Option(True, help="Also write OUT-report.md: where the model tolerates noise and where not."),
+) -> None:
+    """Draw sigma files as images, scaled linearly across all channels (paper Fig 3)."""
+    from nrs_cli.io.serialization import atomic_write_text
+    from nrs_cli.method.sigma import load_sigma
+    from nrs_cli.reports.sigma_images import plot_sigmas, robustness_report
+
+    spec = spec_from(dataset, {}, [])
+    loaded = [load_sigma(path, spec) for path in sigmas]
+    for path in plot_sigmas(loaded, out, colorbar, columns, clip=clip):
+        console.print(f"wrote {path}")
+    if report:
+        text = "\n".join(robustness_report(sigma) for sigma in loaded)
+        console.print(text)
+        atomic_write_text(text, out.with_name(out.name + "-report.md"))
+        console.print(f"wrote {out}-report.md")
+
+
+@command("figures")
+def figures_command(
+    datasets: list[str] = typer.Option(["mnist-mini"], "--dataset", "-d", help=DATASET_HELP + " Repeatable."),
+    out: Path = typer.Option(Path("figures"), help="Folder for the figures (one sub-folder per dataset)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live (finished steps are reused)."),
+    data_root: Optional[Path] = DATA_ROOT,
+    device: Optional[str] = DEVICE,
+    precision: Optional[str] = PRECISION,
+    set_: list[str] = SET,
+) -> None:
+    """Everything for the paper's figures: train, sweep, certify, draw (resumes finished steps)."""
+    import time
+
+    from nrs_cli.experiments.figures import figures_run
+    from nrs_cli.io.devices import resolve_device
+
+    for name in datasets:
+        started = time.perf_counter()
+        spec = spec_from(name, {"engine.device": device, "engine.precision": precision}, set_)
+        console.print(f"figures: {spec.name} -> {out / spec.name}")
+        written = figures_run(spec, data_root, runs_dir, out, resolve_device(spec.engine.device), console.print)
+        console.print(f"{spec.name}: {len(written)} files in {out / spec.name} ({time.perf_counter() - started:.0f} s)")
+
+
+@command("list")
+def list_command(
+    what: str = typer.Argument("datasets", help="datasets, loaders or archs"),
+) -> None:
+    """List the built-in datasets (run specs), data loaders or architectures."""
+    from nrs_cli.io.data import list_loaders
+    from nrs_cli.io.models import list_archs
+    from nrs_cli.io.spec import builtin_specs, load_spec
+
+    if what == "datasets":
+        table = Table("dataset", "input", "classes", "arch", "description", box=None)
+        for name in builtin_specs():
+            spec = load_spec(name)
+            shape = "x".join(map(str, spec.data.input_shape))
+            table.add_row(name, shape, str(spec.data.num_classes), spec.model.arch, spec.description)
+    elif what in ("loaders", "archs"):
+        entries = list_loaders() if what == "loaders" else list_archs()
+        table = Table(what[:-1], "description", box=None)
+        for name, description in entries.items():
+            table.add_row(name, description)
+    else:
+        raise NrsError(f"nrs list: expected datasets, loaders or archs, got '{what}'")
+    console.print(table)

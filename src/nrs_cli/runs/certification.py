@@ -1,0 +1,289 @@
+"""CERTIFY and PREDICT over a split of a dataset, into resumable result tables.
+
+One run takes the spec's selection of a split (``certify.split``, every ``skip``-th input below
+``max``), evaluates the smoothed classifier on groups of inputs sized to fill the engine's
+forward passes, and appends a row per input to a TSV as soon as its group is done. Rerunning
+resumes after the last complete row; a run with other data, model, sigma, sample counts, seed or
+precision is refused. Under ``torchrun`` rank r takes every world-th input, starting at the r-th,
+into its own resumable shard; rank 0 merges the shards in index order into the file a single
+process writes.
+
+A certify row is Cohen et al.'s columns and then the rest of the
+:class:`~nrs_cli.method.certificate.Certificate` (:data:`CERTIFY_SCHEMA`); a predict row holds the
+prediction only (:data:`PREDICT_SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from nrs_cli.errors import NrsError
+from nrs_cli.io.collective import SINGLE_PROCESS, Collective
+from nrs_cli.io.data import inputs_digest, iterate_batches, selected_indices
+from nrs_cli.io.models import model_digest
+from nrs_cli.io.runstate import OutputLock, spec_sections, write_manifest
+from nrs_cli.io.serialization import json_ready, read_json, write_json
+from nrs_cli.io.spec import RunSpec
+from nrs_cli.io.tables import (
+    ResultTable,
+    Schema,
+    correct_matches_prediction,
+    read_table,
+    result_columns,
+    shard_path,
+    sidecar,
+    write_table,
+)
+from nrs_cli.method.certificate import (
+    Certificate,
+    CertifiedSummary,
+    check_options,
+    inputs_per_group,
+    prediction_column,
+)
+from nrs_cli.method.sampling import SamplingEngine, build_engine
+from nrs_cli.method.sigma import Sigma
+from nrs_cli.method.smooth import Smooth
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The outcome of PREDICT for one input: its column in a predict table."""
+
+    prediction: int = prediction_column()
+
+
+CERTIFY_SCHEMA = Schema("certify", result_columns(Certificate), row_checks=(correct_matches_prediction,))
+PREDICT_SCHEMA = Schema("predict", result_columns(Prediction), row_checks=(correct_matches_prediction,))
+# Every table nrs reads back: the two kinds, and both as written before rows carried a checksum.
+RESULT_SCHEMAS = [CERTIFY_SCHEMA, PREDICT_SCHEMA, CERTIFY_SCHEMA.without_checksum(), PREDICT_SCHEMA.without_checksum()]
+
+OnRows = Callable[[int, int], None]  # (inputs done, inputs selected), for progress bars
+
+
+def read_results(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a certify or predict table, every cell and row checked."""
+    return read_table(path, RESULT_SCHEMAS)
+
+
+@dataclass(frozen=True)
+class SmoothedJob:
+    """What one certify or predict run evaluates, and where its rows go."""
+
+    spec: RunSpec  # certify options, seed, precision and chunking
+    model: nn.Module  # the base classifier f
+    sigma: Sigma
+    dataset: Dataset  # the split named by spec.certify.split
+    out: Path  # the result TSV; manifest and summary JSON go beside it
+    device: torch.device
+    checkpoint: str = ""  # where the model came from, for the manifest
+    collective: Collective = SINGLE_PROCESS
+
+
+@dataclass(frozen=True)
+class TableKind:
+    """What tells certify and predict apart."""
+
+    schema: Schema
+    options: dict[str, Any]  # sample counts and level: in the fingerprint and the summary
+    selection_samples: int  # samples per input in the first pass (sizes the groups)
+    samples_per_input: int  # all passes together (throughput)
+    evaluate: Callable[[Smooth, torch.Tensor, list[int]], list[dict[str, Any]]]
+
+
+def certify_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, Any]:
+    """CERTIFY every selected input into a TSV (resumable) and a summary JSON; returns the summary.
+
+    Options come from ``spec.certify`` (n0, n, alpha, bound, split, skip, max), the noise seed
+    from ``spec.seed``, precision and chunking from ``spec.engine``.
+    """
+    o = job.spec.certify
+    check_options(o.n0, o.n, o.alpha, o.bound)
+
+    def evaluate(smooth: Smooth, images: torch.Tensor, indices: list[int]) -> list[dict[str, Any]]:
+        return [c.cells() for c in smooth.certify(images, o.n0, o.n, o.alpha, o.bound, indices)]
+
+    options = {"n0": o.n0, "n": o.n, "alpha": o.alpha, "bound": o.bound}
+    kind = TableKind(CERTIFY_SCHEMA, options, o.n0, o.n0 + o.n, evaluate)
+    rows, throughput = _run_table(job, kind, on_rows)
+    if not job.collective.is_main:
+        return {}
+    summary = {
+        **certify_summary(rows),
+        "samples_per_second": throughput,
+        "sigma": job.sigma.label,
+        "dimension": job.sigma.values.numel(),
+        **options,
+    }
+    return _write_summary(job.out, summary)
+
+
+def predict_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, Any]:
+    """PREDICT every selected input (n and alpha from ``spec.certify``) into a TSV and summary."""
+    o = job.spec.certify
+    check_options(1, o.n, o.alpha)
+
+    def evaluate(smooth: Smooth, images: torch.Tensor, indices: list[int]) -> list[dict[str, Any]]:
+        return [{"predict": p} for p in smooth.predict(images, o.n, o.alpha, indices)]
+
+    options = {"n": o.n, "alpha": o.alpha}
+    kind = TableKind(PREDICT_SCHEMA, options, o.n, o.n, evaluate)
+    rows, throughput = _run_table(job, kind, on_rows)
+    if not job.collective.is_main:
+        return {}
+    summary = {**predict_summary(rows), "samples_per_second": throughput, "sigma": job.sigma.label, **options}
+    return _write_summary(job.out, summary)
+
+
+def certify_summary(rows: list[dict[str, str]]) -> dict[str, Any]:
+    """Certified accuracy, abstentions and certificate sizes of a certify table."""
+    outcomes = [
+        (row["correct"] == "1", float(row["log_area"]), float(row["radius"]), float(row["gm_radius"])) for row in rows
+    ]
+    certified = CertifiedSummary.of(outcomes)
+    correct = sum(outcome[0] for outcome in outcomes)
+    abstained = sum(row["predict"] == "-1" for row in rows)
+    return {
+        "inputs": len(rows),
+        "certified_accuracy": certified.accuracy if rows else math.nan,
+        "correct": correct,
+        "abstained": abstained,
+        "wrong": len(rows) - correct - abstained,
+        "mean_log_area": certified.mean_log_area,
+        "median_radius": certified.median_radius,
+        "median_gm_radius": certified.median_gm_radius,
+        "mean_time": statistics.fmean(float(row["time"]) for row in rows) if rows else math.nan,
+    }
+
+
+def predict_summary(rows: list[dict[str, str]]) -> dict[str, Any]:
+    count = len(rows)
+    correct = sum(row["correct"] == "1" for row in rows)
+    abstained = sum(row["predict"] == "-1" for row in rows)
+    return {
+        "inputs": count,
+        "accuracy": correct / count if count else math.nan,
+        "correct": correct,
+        "abstained": abstained,
+        "wrong": count - correct - abstained,
+    }
+
+
+def fingerprint(job: SmoothedJob, options: dict[str, Any]) -> dict[str, Any]:
+    """Everything a result row depends on (and nothing it does not, like chunk sizes): the inputs
+    actually read included, so a rerun on other data (another --data-root) is refused. The inputs
+    are every skip-th one of the split, whatever ``max``, so a larger ``max`` extends a finished table."""
+    spec = job.spec
+    every = selected_indices(len(job.dataset), spec.certify.skip)
+    return {
+        "spec": spec_sections(spec, "data"),
+        "inputs_sha256": inputs_digest(job.dataset, every),
+        "model_sha256": model_digest(job.model),
+        "sigma_sha256": job.sigma.digest,
+        "seed": spec.seed,
+        "precision": spec.engine.precision,
+        "device_type": job.device.type,
+        "split": spec.certify.split,
+        "skip": spec.certify.skip,
+        **options,
+    }
+
+
+def _run_table(job: SmoothedJob, kind: TableKind, on_rows: OnRows | None) -> tuple[list[dict], float]:
+    """The loop shared by certify and predict: resume, evaluate in groups, flush rows, merge shards."""
+    spec, collective = job.spec, job.collective
+    wanted = selected_indices(len(job.dataset), spec.certify.skip, spec.certify.max)
+    engine = build_engine(job.model, spec, job.device)
+    manifest = {
+        "sigma": {"label": job.sigma.label, "file": job.sigma.source, "sha256": job.sigma.digest}
+        | json_ready(job.sigma.metadata),
+        "device": str(job.device),
+        "chunk_size": engine.chunk_size,
+        "world_size": collective.world,
+        "checkpoint": job.checkpoint,
+        **kind.options,
+    }
+    fingerprinted = fingerprint(job, kind.options)
+    mine = wanted[collective.rank :: collective.world]
+    rank, world = collective.rank, collective.world
+    with ResultTable(job.out if world == 1 else shard_path(job.out, rank, world), kind.schema) as table:
+        shard = {"shard": f"{rank} of {world}"} if world > 1 else {}
+        done = table.open(fingerprinted | shard, manifest, spec)
+        if [int(row["idx"]) for row in done] != mine[: len(done)]:
+            raise NrsError(
+                f"{table.path}: its rows are not the first inputs of this selection (delete it to start over)"
+            )
+        started = time.perf_counter()
+        processed = _fill_table(job, kind, engine, table, mine[len(done) :], on_rows, len(done))
+        work = collective.gather([(processed * kind.samples_per_input, time.perf_counter() - started)])
+        if world > 1:
+            _merge_shards(job, kind, wanted, fingerprinted, manifest)
+    samples, elapsed = sum(s for s, _ in work), max(seconds for _, seconds in work)
+    throughput = samples / elapsed if samples and elapsed > 0 else math.nan
+    return (read_results(job.out) if collective.is_main else []), throughput
+
+
+def _fill_table(
+    job: SmoothedJob,
+    kind: TableKind,
+    engine: SamplingEngine,
+    table: ResultTable,
+    todo: list[int],
+    on_rows: OnRows | None,
+    done: int,
+) -> int:
+    """Evaluate the inputs still to do, a group at a time, appending each group's rows; returns how many."""
+    smooth = Smooth(engine, job.sigma, job.spec.seed)
+    group = inputs_per_group(engine.chunk_size, kind.selection_samples, kind.samples_per_input)
+    processed = 0
+    for indices, images, labels in iterate_batches(job.dataset, todo, group, job.spec.data.workers):
+        tick = time.perf_counter()
+        rows = kind.evaluate(smooth, images, indices)
+        per_input = (time.perf_counter() - tick) / len(indices)
+        for row, index, label in zip(rows, indices, labels.tolist()):
+            row.update(idx=index, label=label, correct=int(row["predict"] == label), time=per_input)
+        table.append(rows)
+        processed += len(indices)
+        if on_rows:
+            on_rows(done + processed, done + len(todo))
+    return processed
+
+
+def _merge_shards(job: SmoothedJob, kind: TableKind, wanted: list[int], fingerprinted: dict, manifest: dict) -> None:
+    """Rank 0 writes every rank's complete shard into the output, in the selection's order."""
+    collective = job.collective
+    collective.barrier()  # every shard is complete
+    if collective.is_main:
+        position = {index: k for k, index in enumerate(wanted)}
+        shards = [read_results(shard_path(job.out, r, collective.world)) for r in range(collective.world)]
+        merged = [row for rows in shards for row in rows if int(row["idx"]) in position]
+        with OutputLock(job.out):
+            write_manifest(
+                sidecar(job.out, "manifest"), kind.schema.name, job.spec, fingerprint=fingerprinted, resumed=[],
+                **manifest,
+            )  # fmt: skip
+            write_table(job.out, kind.schema, sorted(merged, key=lambda row: position[int(row["idx"])]))
+    collective.barrier()
+
+
+def _write_summary(out: str | Path, summary: dict) -> dict:
+    """Save the summary beside the TSV; a rerun with no rows left to do keeps the throughput measured before."""
+    path = sidecar(out, "summary")
+    if math.isnan(summary["samples_per_second"]) and path.is_file():
+        try:
+            previous = read_json(path, "summary").get("samples_per_second")
+        except NrsError:
+            previous = None
+        if isinstance(previous, (int, float)):
+            summary["samples_per_second"] = previous
+    write_json(summary, path)
+    return summary

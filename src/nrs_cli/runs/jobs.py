@@ -1,0 +1,107 @@
+"""How a command's options become a job: the model, sigma, inputs and output each command runs on.
+
+The CLI parses its options into a spec and calls these; every default a command applies lives
+here (a dataset's base classifier, the sigma when none is given, where results go), so the
+commands are library calls too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterator, TypeVar
+
+from nrs_cli.errors import NrsError
+from nrs_cli.io.devices import resolve_device
+from nrs_cli.io.distributed import distributed
+from nrs_cli.io.layout import RunLayout
+from nrs_cli.io.loaders import load_split
+from nrs_cli.io.models import build_model, load_checkpoint
+from nrs_cli.io.spec import RunSpec
+from nrs_cli.method.sigma import Sigma, constant_sigma, load_sigma, parse_sigma
+from nrs_cli.runs.certification import SmoothedJob
+from nrs_cli.runs.optimization import OptimizeJob
+from nrs_cli.runs.train import TrainJob, training_sigma
+
+Job = TypeVar("Job", SmoothedJob, OptimizeJob)
+
+
+def train_job(spec: RunSpec, data_root, runs_dir: Path, name: str, noise: str | None = None) -> tuple[TrainJob, Path]:
+    """``train-base``: a fresh model for the spec, its splits and noise, and the run folder."""
+    sigma = training_sigma(spec, noise)
+    device = resolve_device(spec.engine.device)
+    train_set = load_split(spec.data, "train", data_root)
+    test_set = load_split(spec.data, "test", data_root)
+    job = TrainJob(spec, build_model(spec), train_set, test_set, device, sigma)
+    return job, RunLayout(runs_dir, spec.name).train_dir(name)
+
+
+def smoothed_job(
+    command: str, spec: RunSpec, data_root, checkpoint: Path | None, runs_dir: Path, sigma: str | None, out: Path | None
+) -> tuple[SmoothedJob, str]:
+    """``certify`` / ``predict``: model, sigma (given, or the default and why), inputs and output path."""
+    layout = RunLayout(runs_dir, spec.name)
+    checkpoint = layout.base_checkpoint(checkpoint)
+    model, _ = load_checkpoint(checkpoint, spec)
+    if sigma is None:
+        chosen, why = default_sigma(spec, layout)
+        note = f"sigma: {chosen.source or chosen.label} ({why}; pass --sigma to choose)"
+    else:
+        chosen, note = parse_sigma(sigma, spec), ""
+    inputs = load_split(spec.data, spec.certify.split, data_root)
+    out = out or layout.result_tsv(command, chosen.tag, spec.certify.n)
+    device = resolve_device(spec.engine.device)
+    return SmoothedJob(spec, model, chosen, inputs, out, device, str(checkpoint)), note
+
+
+def optimize_job(spec: RunSpec, data_root, checkpoint: Path | None, runs_dir: Path, name: str) -> OptimizeJob:
+    """``optimize-sigma`` / ``co-optimize``: the base classifier, both splits and the run folder."""
+    layout = RunLayout(runs_dir, spec.name)
+    checkpoint = layout.base_checkpoint(checkpoint)
+    model, _ = load_checkpoint(checkpoint, spec)
+    train_set = load_split(spec.data, "train", data_root)
+    test_set = load_split(spec.data, "test", data_root)
+    device = resolve_device(spec.engine.device)
+    return OptimizeJob(spec, model, train_set, test_set, layout.sweep_dir(name), device, str(checkpoint))
+
+
+@contextlib.contextmanager
+def as_launched(job: Job) -> Iterator[Job]:
+    """The job as this process runs it: alone, or as one rank of a ``torchrun`` job (its device and collective)."""
+    with distributed(job.device) as (collective, device):
+        yield dataclasses.replace(job, device=device, collective=collective)
+
+
+def best_sigma_file(summary_path: Path) -> Path | None:
+    """The sigma file of a sweep's best point: the largest gain at equal accuracy, else the most accurate."""
+    try:
+        summary = json.loads(summary_path.read_text())
+        points = [p for p in summary["anisotropic"] if p.get("sigma_file")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise NrsError(f"cannot read the sweep summary {summary_path} (delete it and rerun optimize-sigma)") from None
+    if not points:
+        return None
+    gained = [p for p in points if isinstance(p.get("gain_at_equal_accuracy"), (int, float))]
+    best = (
+        max(gained, key=lambda p: p["gain_at_equal_accuracy"])
+        if gained
+        else max(points, key=lambda p: p.get("accuracy", 0))
+    )
+    return summary_path.parent / best["sigma_file"]
+
+
+def default_sigma(spec: RunSpec, layout: RunLayout) -> tuple[Sigma, str]:
+    """The sigma `nrs certify` uses without ``--sigma``, and why: the best point of the dataset's latest
+    sweep, else the spec's ``certify.sigma``."""
+    summary = layout.latest_sweep_summary()
+    best = best_sigma_file(summary) if summary is not None else None
+    if best is not None:
+        return load_sigma(best, spec), f"the best point of the latest sweep ({summary.parent})"
+    if spec.certify.sigma is not None:
+        return constant_sigma(spec.certify.sigma, spec.data.input_shape), "the spec's certify.sigma"
+    raise NrsError(
+        f"no sigma given: pass --sigma (a number or a sigma file), run `nrs optimize-sigma --dataset {spec.name}`, "
+        "or set certify.sigma in the spec"
+    )
