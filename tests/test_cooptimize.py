@@ -131,7 +131,7 @@ def test_compare_draws_every_method_from_its_run_files(run_cli, trained_mini, tm
         "figures.inits=1", "figures.sub_epochs=1", "figures.steps_per_sub_epoch=2", "figures.eval_max=8",
         "compare.noise_sigmas=[0.25]", "compare.cooptimize_from=0.25", "compare.cooptimize_inits=[0.25]",
         "compare.sweep_factors=[1.0, 1.5]", "compare.certify_max=6", "certify.n0=8", "certify.n=40",
-        "train.epochs=1", "data.train_size=512",
+        "train.epochs=1", "data.train_size=512", "inputs.refine_steps=2", "inputs.bootstrap=200",
     ]  # fmt: skip
     result = run_cli("compare", *[part for s in settings for part in ("--set", s)])
     assert result.code == 0, result.stderr

@@ -102,7 +102,8 @@ TINY = [
     "--set", "optimize.n0=4", "--set", "optimize.eval_n0=8", "--set", "optimize.eval_n=32",
     "--set", "figures.inits=2", "--set", "figures.sub_epochs=1", "--set", "figures.steps_per_sub_epoch=2",
     "--set", "figures.eval_max=12", "--set", "figures.certify_max=12", "--set", "certify.n0=8",
-    "--set", "certify.n=40", "--set", "data.workers=0",
+    "--set", "certify.n=40", "--set", "data.workers=0", "--set", "inputs.refine_steps=2",
+    "--set", "inputs.bootstrap=200",
 ]  # fmt: skip
 
 

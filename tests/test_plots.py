@@ -274,6 +274,10 @@ FIGURE_SETTINGS = [
     "--set",
     "certify.n0=10",
     "--set",
+    "inputs.refine_steps=2",
+    "--set",
+    "inputs.bootstrap=200",
+    "--set",
     "certify.n=60",
     "--set",
     "figures.certify_max=25",
@@ -298,8 +302,11 @@ def test_figures_pipeline_end_to_end_and_resumed(run_cli, trained_mini, tmp_path
     ]
     for name in expected:
         assert (out / name).is_file(), name
-    # each chosen sigma is certified next to the isotropic sigma of the same mean
-    chosen = choose_sigmas(read_metrics(runs / "mnist-mini" / "optimize" / "figures"), 2)
+    # each chosen sigma (the front's ends and the headline point) is certified next to the isotropic sigma of
+    # the same mean, on the report set
+    headline = json.loads((out / "headline.json").read_text())
+    also = headline["selection"]["chosen_file"]
+    chosen = choose_sigmas(read_metrics(runs / "mnist-mini" / "optimize" / "figures"), 2, also)
     certified = sorted(p.name for p in (runs / "mnist-mini" / "certify").glob("figures-*.tsv"))
     assert chosen and len(certified) == 2 * len(chosen)
     assert sum(p.startswith("figures-iso-") for p in certified) == len(chosen)

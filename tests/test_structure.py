@@ -22,10 +22,10 @@ BOTTOM = ["version", "errors"]
 LAYERS = {
     "io": ["collective", "spec_files", "spec", "serialization", "runstate", "tables", "devices", "distributed", "data",
            "loaders", "models", "layout"],
-    "method": ["noise", "sigma", "sampling", "certificate", "smooth", "algorithm1", "fronts"],
-    "runs": ["train", "certification", "optimization", "sweep", "cooptimize", "jobs"],
+    "method": ["noise", "sigma", "sampling", "certificate", "smooth", "algorithm1", "fronts", "statistics"],
+    "runs": ["train", "certification", "evaluation", "reference", "optimization", "sweep", "cooptimize", "jobs"],
     "reports": ["metrics", "style", "result_files", "plots", "tables", "sigma_images"],
-    "experiments": ["figures", "compare"],
+    "experiments": ["gains", "figures", "compare"],
     "cli": ["app", "options", "progress", "run_commands", "report_commands"],
 }  # fmt: skip
 TOP = ["__init__", "__main__"]  # the public API and `python -m nrs_cli`

@@ -45,6 +45,11 @@ SKIP = typer.Option(None, help="Use every SKIP-th input [spec: certify.skip].")
 STOP = typer.Option(
     None, "--max", "--stop", help="Stop before this input index [spec: certify.max]; --stop under torchrun."
 )
+INPUTS = typer.Option(
+    None,
+    help="split (every SKIP-th input below MAX, Cohen et al.'s), or the first MAX of the selection or the report "
+    "set: disjoint, class-balanced halves of the split [spec: certify.inputs].",
+)
 OUT_TSV = typer.Option(
     None, "--out", help="Result TSV; manifest and summary JSON go beside it (default RUNS_DIR/<dataset>/<command>/...)."
 )

@@ -21,6 +21,7 @@ from nrs_cli.cli.options import (
     INIT,
     INIT_STEP,
     INITS,
+    INPUTS,
     NUM_SAMPLES,
     OUT_TSV,
     PRECISION,
@@ -145,6 +146,7 @@ def certify_command(
     split: Optional[str] = SPLIT,
     skip: Optional[int] = SKIP,
     max_: Optional[int] = STOP,
+    inputs: Optional[str] = INPUTS,
     seed: Optional[int] = SEED,
     precision: Optional[str] = PRECISION,
     device: Optional[str] = DEVICE,
@@ -170,6 +172,7 @@ def certify_command(
         "certify.split": split,
         "certify.skip": skip,
         "certify.max": max_,
+        "certify.inputs": inputs,
         **engine_options(chunk_size, batch, seed, precision, device),
     }
     job, note = smoothed_job("certify", spec_from(dataset, options, set_), data_root, checkpoint, runs_dir, sigma, out)
@@ -210,6 +213,7 @@ def predict_command(
     split: Optional[str] = SPLIT,
     skip: Optional[int] = SKIP,
     max_: Optional[int] = STOP,
+    inputs: Optional[str] = INPUTS,
     seed: Optional[int] = SEED,
     precision: Optional[str] = PRECISION,
     device: Optional[str] = DEVICE,
@@ -228,6 +232,7 @@ def predict_command(
         "certify.split": split,
         "certify.skip": skip,
         "certify.max": max_,
+        "certify.inputs": inputs,
         **engine_options(chunk_size, batch, seed, precision, device),
     }
     job, note = smoothed_job("predict", spec_from(dataset, options, set_), data_root, checkpoint, runs_dir, sigma, out)

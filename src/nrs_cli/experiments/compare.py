@@ -38,10 +38,19 @@ import torch
 from torch.utils.data import Dataset
 
 from nrs_cli.experiments.figures import Say, ensure_base_classifier, figures_spec
+from nrs_cli.experiments.gains import (
+    CANDIDATES,
+    Point,
+    Study,
+    candidate_summary,
+    choose_on_selection,
+    gains_markdown,
+    report_gain,
+)
 from nrs_cli.io.layout import FIGURES_RUN, RunLayout
 from nrs_cli.io.loaders import load_split
 from nrs_cli.io.models import build_model, load_checkpoint
-from nrs_cli.io.serialization import write_json
+from nrs_cli.io.serialization import atomic_write_text, write_json
 from nrs_cli.io.spec import RunSpec
 from nrs_cli.method.fronts import compare_to_front, front_curve
 from nrs_cli.method.sigma import Sigma, constant_sigma, load_sigma
@@ -52,7 +61,9 @@ from nrs_cli.reports.tables import write_tables
 from nrs_cli.runs.certification import SmoothedJob, certify_table
 from nrs_cli.runs.cooptimize import METHOD as COOPTIMIZED
 from nrs_cli.runs.cooptimize import cooptimize_run
+from nrs_cli.runs.evaluation import Evaluator, Settings
 from nrs_cli.runs.optimization import OptimizeJob, read_metrics
+from nrs_cli.runs.reference import Family, ReferencePoint
 from nrs_cli.runs.sweep import run_sweep
 from nrs_cli.runs.train import TrainJob, train_base_run
 
@@ -64,6 +75,7 @@ LABELS = {
     "D": "D: co-optimised network and σ",
 }
 GAINS = [("D", "C"), ("D", "C'"), ("B", "C"), ("C'", "C"), ("B", "A"), ("D", "B")]  # (letter, against its front)
+HEADLINE_PAIRS = {("D", "C"), ("D", "C'"), ("B", "A")}  # measured with a second noise seed too
 
 
 @dataclass(frozen=True)
@@ -91,12 +103,94 @@ def compare_run(
     floor = min(max(p["accuracy"] for p in found) for found in points.values()) - 0.005
     best = {letter: best_point(found, floor) for letter, found in points.items()}
     results = {letter: certify_point(job, letter, point) for letter, point in best.items()}
+    reported = pair_gains(job, points)
     out = Path(out_dir) / spec.name
     say(f"[compare] figures -> {out}")
     draw_comparison(job, points, best, results, out)
     summary = summarize(points, best, results, floor)
+    for pair, found in reported.items():
+        summary["gains"][pair].update(found)
     write_json(summary, out / "compare-summary.json")
+    counts = (spec.optimize.eval_max, spec.compare.certify_max, spec.inputs.seed)
+    atomic_write_text(gains_markdown(f"{spec.name}: five methods", reported, counts), out / "compare-gains.md")
     return summary
+
+
+def compare_study(job: CompareJob) -> Study:
+    """The selection and report evaluators of the comparison, with the sweeps' evaluation settings."""
+    o, folder = job.spec.optimize, job.layout.root / "evaluations"
+    return Study(
+        selection=Evaluator(job.spec, job.test_set, "selection", o.eval_max, folder, job.device, job.say),
+        report=Evaluator(job.spec, job.test_set, "report", job.spec.compare.certify_max, folder, job.device, job.say),
+        settings=Settings(o.eval_n0, o.eval_n, o.eval_alpha, job.spec.seed),
+        tolerance=job.spec.inputs.tolerance,
+        steps=job.spec.inputs.refine_steps,
+        resamples=job.spec.inputs.bootstrap,
+    )
+
+
+def pair_gains(job: CompareJob, points: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Every compared pair's gain chosen on the selection set and reported on the report set
+    (:mod:`nrs_cli.experiments.gains`); the headline pairs with a second noise seed too."""
+    study = compare_study(job)
+    found = {}
+    for letter, against in GAINS:
+        job.say(f"[compare] {letter} vs {against}: chosen on the selection set, reported on the report set")
+        headline = (letter, against) in HEADLINE_PAIRS
+        found[f"{letter} vs {against}"] = pair_gain(study, job.spec, points[letter], points[against], headline)
+    return found
+
+
+def pair_gain(study: Study, spec: RunSpec, compared: list[dict], reference: list[dict], second: bool) -> dict:
+    """One method's gain over another's front, measured as :mod:`nrs_cli.experiments.gains` describes."""
+    sparse = [p for p in compare_to_front(compared, reference)["points"] if p["gain_at_equal_accuracy"] is not None]
+    ranked = sorted(sparse, key=lambda p: -p["gain_at_equal_accuracy"])[:CANDIDATES]
+    if not ranked:
+        return {"sparse": None, "selection": None, "report": None, "second_seed": None}
+    family, initial = reference_family(spec, ranked[0]["accuracy"], reference)
+    candidates = [
+        Point(p["checkpoint"], lambda p=p: point_sigma(p, spec), p["accuracy"], p["mean_log_area"], _described(p))
+        for p in ranked
+    ]
+    selection, _ = choose_on_selection(study, family, initial, candidates)
+    result = {
+        "sparse": {**_described(ranked[0]), "accuracy": ranked[0]["accuracy"],
+                   "gain_at_equal_accuracy": ranked[0]["gain_at_equal_accuracy"]},
+        "selection": {"candidates": [candidate_summary(m) for m in selection["candidates"]]},
+        "report": None,
+        "second_seed": None,
+    }  # fmt: skip
+    chosen = selection["chosen"]
+    if chosen is not None:
+        result["report"] = {**chosen["point"].describe, **report_gain(study, family, chosen["point"], _scales(chosen))}
+        if second:
+            start = _scales(result["report"]) or _scales(chosen)
+            result["second_seed"] = report_gain(study, family, chosen["point"], start, seed_offset=1)
+    return result
+
+
+def reference_family(spec: RunSpec, accuracy: float, reference: list[dict]) -> tuple[Family, list[ReferencePoint]]:
+    """The reference method's sigmas nearest in accuracy, as a family to refine: the isotropic sigmas on that
+    network, or that optimised sigma scaled."""
+    front = front_curve([(p["accuracy"], p["mean_log_area"]) for p in reference])
+    on_front = [p for p in reference if (p["accuracy"], p["mean_log_area"]) in front]
+    nearest = min(on_front, key=lambda p: abs(p["accuracy"] - accuracy))
+    shape = tuple(spec.data.input_shape)
+    if nearest["method"] == "isotropic":
+        same = [p for p in reference if p["method"] == "isotropic" and p["checkpoint"] == nearest["checkpoint"]]
+        initial = [ReferencePoint(p["init"], p["accuracy"], p["mean_log_area"]) for p in same]
+        return Family(nearest["checkpoint"], None, shape), initial
+    family = Family(nearest["checkpoint"], point_sigma(nearest, spec), shape)
+    return family, [ReferencePoint(1.0, nearest["accuracy"], nearest["mean_log_area"])]
+
+
+def _described(point: dict[str, Any]) -> dict[str, Any]:
+    keys = ("method", "init", "sub_epoch", "sigma_file", "run_dir", "checkpoint")
+    return {key: point[key] for key in keys}
+
+
+def _scales(measured: dict[str, Any]) -> list[float]:
+    return [b["scale"] for b in measured.get("bracket") or []]
 
 
 def collect_points(job: CompareJob) -> dict[str, list[dict[str, Any]]]:
@@ -182,9 +276,9 @@ def point_sigma(point: dict[str, Any], spec: RunSpec) -> Sigma:
 
 
 def certify_point(job: CompareJob, letter: str, point: dict[str, Any]) -> ResultFile:
-    """CERTIFY a method's best point on the first test inputs; its result file, labelled by the method."""
+    """CERTIFY a method's best point on the report set; its result file, labelled by the method."""
     spec = dataclasses.replace(
-        job.spec, certify=dataclasses.replace(job.spec.certify, max=job.spec.compare.certify_max)
+        job.spec, certify=dataclasses.replace(job.spec.certify, max=job.spec.compare.certify_max, inputs="report")
     )
     tsv = job.layout.root / "certify" / f"compare-{letter.replace(chr(39), 'prime')}.tsv"
     job.say(f"[compare] certify {letter} ({point['accuracy']:.1%}, {point['mean_log_area']:.1f}) -> {tsv}")
@@ -205,8 +299,10 @@ def draw_comparison(job: CompareJob, points, best, results: dict[str, ResultFile
         written += plot_certified_accuracy(ordered, column, out / f"compare-certified-accuracy-{suffix}", title)
     sigmas = [point_sigma(best[m], job.spec) for m in ("B", "D")]
     written += plot_sigmas(sigmas, out / "compare-sigma", titles=[LABELS["B"], LABELS["D"]])
+    pairs = [(f"Δ {a} − {b}", results[a], results[b]) for a, b in GAINS]
     for column, thresholds in (("radius", list(job.spec.compare.radii)), ("log_area", None)):
-        written += write_tables(ordered, column, thresholds, out / f"compare-table-{column.replace('_', '-')}")
+        stem = out / f"compare-table-{column.replace('_', '-')}"
+        written += write_tables(ordered, column, thresholds, stem, pairs, job.spec.inputs.bootstrap)
     return written
 
 

@@ -3,12 +3,19 @@
 1. base classifier: ``runs/<dataset>/base`` (trained with the spec unless it exists);
 2. the sweep of Fig. 2: ``runs/<dataset>/optimize/figures`` (the spec's optimize
    section with its ``figures`` overrides), resumed if interrupted;
-3. the sigmas of Fig. 1: the optimised sigmas picked by :func:`choose_sigmas`,
-   each with an isotropic sigma equal to its mean (as in the paper), certified
-   with the spec's certify settings into ``runs/<dataset>/certify/figures-*.tsv``;
-4. drawing: Fig. 1 against certified area, l2 radius and equal-volume
-   radius, Fig. 2 (Fig. 4 for KITTI), Fig. 3 and its report, and the tables,
-   into ``<out>/<dataset>/``.
+3. the headline gain (:mod:`nrs_cli.experiments.gains`): the optimised point with the largest
+   gain at equal accuracy, chosen on the selection set against a dense isotropic reference, and
+   its gain measured on the report set with a 95% interval and a second noise seed;
+4. the sigmas of Fig. 1: the optimised sigmas picked by :func:`choose_sigmas` (the ends of the
+   front and the headline point), each with an isotropic sigma equal to its mean (as in the
+   paper), certified with the spec's certify settings on the report set into
+   ``runs/<dataset>/certify/figures-*.tsv``;
+5. drawing: Fig. 1 against certified area, l2 radius and equal-volume radius, Fig. 2 (Fig. 4 for
+   KITTI), Fig. 3 and its report, the tables with each optimised sigma's difference from its
+   partner, and ``headline.md``/``headline.json``, into ``<out>/<dataset>/``.
+
+The sweep evaluates and chooses on the selection set; everything published is measured on the
+report set, disjoint from it (``inputs`` section of the spec).
 
 Every step reuses what an earlier run finished.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,10 +32,11 @@ import torch
 from torch.utils.data import Dataset
 
 from nrs_cli.errors import NrsError
+from nrs_cli.experiments.gains import Study, headline_markdown, partner_gains, sweep_headline
 from nrs_cli.io.layout import FIGURES_RUN, RunLayout
 from nrs_cli.io.loaders import load_split
 from nrs_cli.io.models import build_model, load_checkpoint
-from nrs_cli.io.serialization import atomic_write_text
+from nrs_cli.io.serialization import atomic_write_text, write_json
 from nrs_cli.io.spec import RunSpec
 from nrs_cli.method.fronts import pareto_front
 from nrs_cli.method.sigma import Sigma, constant_sigma, load_sigma
@@ -37,6 +46,7 @@ from nrs_cli.reports.result_files import ResultFile, load_result
 from nrs_cli.reports.sigma_images import plot_sigmas, robustness_report
 from nrs_cli.reports.tables import write_tables
 from nrs_cli.runs.certification import SmoothedJob, certify_table
+from nrs_cli.runs.evaluation import Evaluator, Settings
 from nrs_cli.runs.optimization import OptimizeJob, read_metrics
 from nrs_cli.runs.sweep import run_sweep
 from nrs_cli.runs.train import STATE_FILE, TrainJob, train_base_run, training_sigma
@@ -57,12 +67,13 @@ def figures_spec(spec: RunSpec) -> RunSpec:
     return dataclasses.replace(spec, optimize=optimize, certify=certify)
 
 
-def choose_sigmas(rows: list[dict], count: int) -> list[dict]:
-    """Optimised sigmas worth a Fig. 1 line: Pareto-optimal, near the best accuracy.
+def choose_sigmas(rows: list[dict], count: int, also: str | None = None) -> list[dict]:
+    """Optimised sigmas worth a Fig. 1 line: Pareto-optimal, near the best accuracy, and the one named ``also``.
 
     Among anisotropic points that no other point beats on both clean accuracy
     and mean certified area, and with at least 90% of the best accuracy, take
-    ``count`` spread evenly from the most accurate to the largest area.
+    ``count`` spread evenly from the most accurate to the largest area; then the
+    point whose sigma file is ``also`` (the largest gain chosen on the selection set).
     """
     anisotropic = [r for r in rows if r["method"] == "anisotropic" and math.isfinite(r["mean_log_area"])]
     front = [anisotropic[i] for i in pareto_front([(r["accuracy"], r["mean_log_area"]) for r in anisotropic])]
@@ -70,10 +81,11 @@ def choose_sigmas(rows: list[dict], count: int) -> list[dict]:
         raise NrsError("the sweep has no optimised sigma with a certified input to plot")
     best = max(r["accuracy"] for r in front)
     good = sorted((r for r in front if r["accuracy"] >= 0.9 * best), key=lambda r: r["mean_log_area"])
-    if len(good) <= count:
-        return good
-    picks = sorted({round(k * (len(good) - 1) / (count - 1)) for k in range(count)}) if count > 1 else [0]
-    return [good[k] for k in picks]
+    if len(good) > count:
+        picks = sorted({round(k * (len(good) - 1) / (count - 1)) for k in range(count)}) if count > 1 else [0]
+        good = [good[k] for k in picks]
+    extra = [r for r in anisotropic if r["sigma_file"] == also and r not in good]
+    return sorted(good + extra[:1], key=lambda r: r["mean_log_area"])
 
 
 def isotropic_partner(sigma: Sigma, input_shape: tuple[int, ...]) -> Sigma:
@@ -99,22 +111,40 @@ def figures_run(
     model, _ = load_checkpoint(checkpoint, spec)
 
     sweep_dir = layout.sweep_dir(FIGURES_RUN)
-    say(f"[2/4] sigma sweep -> {sweep_dir}")
+    say(f"[2/5] sigma sweep on {spec.optimize.eval_max} selection inputs -> {sweep_dir}")
     run_sweep(OptimizeJob(spec, model, train_set, test_set, sweep_dir, device, str(checkpoint)))
-    optimised = [
-        load_sigma(sweep_dir / row["sigma_file"], spec)
-        for row in choose_sigmas(read_metrics(sweep_dir), spec.figures.sigmas)
-    ]
+    rows = read_metrics(sweep_dir)
+    say("[3/5] the largest gain: chosen on the selection set, reported on the report set")
+    study = figures_study(spec, test_set, layout, device, say)
+    headline = sweep_headline(study, spec, rows, sweep_dir, str(checkpoint))
+    picks = choose_sigmas(rows, spec.figures.sigmas, headline["selection"].get("chosen_file"))
+    optimised = [load_sigma(sweep_dir / row["sigma_file"], spec) for row in picks]
+    report_spec = dataclasses.replace(spec, certify=dataclasses.replace(spec.certify, inputs="report"))
     results = []
     for sigma in [s for o in optimised for s in (o, isotropic_partner(o, spec.data.input_shape))]:
         tsv = layout.figures_tsv(sigma.tag)
-        say(f"[3/4] certify sigma {sigma.label} -> {tsv}")
-        certify_table(SmoothedJob(spec, model, sigma, test_set, tsv, device, str(checkpoint)))
+        say(f"[4/5] certify sigma {sigma.label} on {spec.certify.max} report inputs -> {tsv}")
+        certify_table(SmoothedJob(report_spec, model, sigma, test_set, tsv, device, str(checkpoint)))
         results.append(load_result(tsv))
 
     out = Path(out_dir) / spec.name
-    say(f"[4/4] figures -> {out}")
-    return draw_figures(spec, results, sweep_dir, optimised, out)
+    say(f"[5/5] figures -> {out}")
+    pairs = [(f"Δ {results[k].label} − partner", results[k], results[k + 1]) for k in range(0, len(results), 2)]
+    headline["partners"] = partner_gains(pairs, spec.inputs.bootstrap)
+    return draw_figures(spec, Drawn(results, pairs, headline), sweep_dir, optimised, out)
+
+
+def figures_study(spec: RunSpec, test_set: Dataset, layout: RunLayout, device: torch.device, say: Say) -> Study:
+    """The selection and report evaluators of ``nrs figures``, with the sweep's evaluation settings."""
+    o, folder = spec.optimize, layout.root / "evaluations"
+    return Study(
+        selection=Evaluator(spec, test_set, "selection", o.eval_max, folder, device, say),
+        report=Evaluator(spec, test_set, "report", spec.certify.max, folder, device, say),
+        settings=Settings(o.eval_n0, o.eval_n, o.eval_alpha, spec.seed),
+        tolerance=spec.inputs.tolerance,
+        steps=spec.inputs.refine_steps,
+        resamples=spec.inputs.bootstrap,
+    )
 
 
 def ensure_base_classifier(
@@ -124,21 +154,28 @@ def ensure_base_classifier(
     a checkpoint put there without a training state is used as it is."""
     checkpoint = layout.checkpoint()
     if checkpoint.is_file() and not (layout.train_dir() / STATE_FILE).is_file():
-        say(f"[1/4] base classifier: {checkpoint} (given)")
+        say(f"[1/5] base classifier: {checkpoint} (given)")
         return checkpoint
-    say(f"[1/4] base classifier -> {checkpoint}")
+    say(f"[1/5] base classifier -> {checkpoint}")
     job = TrainJob(spec, build_model(spec), train_set, test_set, device, training_sigma(spec))
     result = train_base_run(job, layout.train_dir())
     say(f"      test accuracy {result.test_accuracy:.1%} after {len(result.history)} epochs")
     return checkpoint
 
 
-def draw_figures(
-    spec: RunSpec, results: list[ResultFile], sweep_dir: Path, optimised: list[Sigma], out: Path
-) -> list[Path]:
-    """Fig. 1 on every axis, Fig. 2 (Fig. 4 for KITTI), Fig. 3 with its report, and the tables."""
+@dataclass(frozen=True)
+class Drawn:
+    """What Fig. 1 and the tables show: the report-set results, the pairs compared, the headline."""
+
+    results: list[ResultFile]
+    pairs: list[tuple[str, ResultFile, ResultFile]]  # (label, optimised, its isotropic partner)
+    headline: dict
+
+
+def draw_figures(spec: RunSpec, drawn: Drawn, sweep_dir: Path, optimised: list[Sigma], out: Path) -> list[Path]:
+    """Fig. 1 on every axis, Fig. 2 (Fig. 4 for KITTI), Fig. 3 with its report, the tables and the headline."""
     written: list[Path] = []
-    title = spec.name
+    title, results = spec.name, drawn.results
     for column, metric in METRICS.items():
         written += plot_certified_accuracy(results, column, out / f"fig1-certified-accuracy-{metric.option}", title)
     figure = "fig4-clean-accuracy" if spec.data.loader == "kitti" else "fig2-clean-accuracy"
@@ -150,5 +187,8 @@ def draw_figures(
     written.append(report)
     given = {"log_area": spec.figures.area_thresholds, "radius": spec.figures.radius_thresholds}
     for column, chosen in given.items():
-        written += write_tables(results, column, chosen, out / f"table-certified-accuracy-{column.replace('_', '-')}")
-    return written
+        stem = out / f"table-certified-accuracy-{column.replace('_', '-')}"
+        written += write_tables(results, column, chosen, stem, drawn.pairs, spec.inputs.bootstrap)
+    write_json(drawn.headline, out / "headline.json")
+    atomic_write_text(headline_markdown(spec.name, drawn.headline), out / "headline.md")
+    return written + [out / "headline.json", out / "headline.md"]

@@ -100,8 +100,46 @@ def interleaved_order(labels: list[int], seed: int) -> list[int]:
     for label in sorted(by_class):
         members = by_class[label]
         queues.append([members[i] for i in torch.randperm(len(members), generator=generator).tolist()])
+    return _take_in_turn(queues)
+
+
+INPUT_SETS = ("selection", "report")  # what chooses, what reports
+
+
+def input_set_pools(labels: list[int], seed: int) -> dict[str, list[int]]:
+    """The selection and the report pool of a split, as lists of positions.
+
+    Each class's items are shuffled (seeded) and dealt alternately: the 1st, 3rd, ... to the
+    selection pool, the 2nd, 4th, ... to the report pool; each pool then takes the classes in turn.
+    The pools are disjoint by construction, hold half of every class each, and any prefix of a pool
+    is class-balanced (k of every class in its first k * C items, while a class lasts).
+    """
+    digest = hashlib.blake2b(f"input sets/{seed}".encode(), digest_size=8).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    by_class: dict[int, list[int]] = {}
+    for position, label in enumerate(labels):
+        by_class.setdefault(label, []).append(position)
+    dealt: dict[str, list[list[int]]] = {name: [] for name in INPUT_SETS}
+    for label in sorted(by_class):
+        members = by_class[label]
+        shuffled = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+        dealt["selection"].append(shuffled[0::2])
+        dealt["report"].append(shuffled[1::2])
+    return {name: _take_in_turn(queues) for name, queues in dealt.items()}
+
+
+def _take_in_turn(queues: list[list[int]]) -> list[int]:
     longest = max((len(q) for q in queues), default=0)
     return [queue[k] for k in range(longest) for queue in queues if k < len(queue)]
+
+
+def input_set(dataset: Dataset, which: str, count: int, seed: int) -> list[int]:
+    """The first ``count`` inputs of the dataset's selection or report pool (see :func:`input_set_pools`);
+    all of it when ``count`` is -1 or more than it holds, as ``--max`` beyond a split's end."""
+    if which not in INPUT_SETS:
+        raise NrsError(f"unknown input set '{which}' (use {' or '.join(INPUT_SETS)})")
+    pool = input_set_pools(split_labels(dataset), seed)[which]
+    return pool if count < 0 else pool[:count]
 
 
 def inputs_digest(dataset: Dataset, indices: list[int]) -> str:

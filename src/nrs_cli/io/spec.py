@@ -91,7 +91,7 @@ class OptimizeSpec:
     eval_n0: int = 32
     eval_n: int = 256
     eval_alpha: float = 0.001
-    eval_max: int = -1  # test inputs per evaluation (-1: all)
+    eval_max: int = -1  # test inputs per evaluation: the first eval_max of the selection set (-1: all of it)
     baseline: bool = True  # also evaluate isotropic sigma over the sweep's range
     baseline_step: Optional[float] = None  # spacing of the isotropic constants (default: init_step)
     cap_p_hat: bool = False  # clamp p_hat at the largest p_A lower bound the evaluation's CERTIFY can reach
@@ -106,9 +106,25 @@ class CertifySpec:
     alpha: float = 0.001
     split: Literal["train", "test"] = "test"
     skip: int = 1  # certify every skip-th input
-    max: int = -1  # stop after this many inputs (-1: all)
+    max: int = -1  # stop after this many inputs (-1: all); with a selection or report set, its first max inputs
     bound: Literal["one-sided", "two-sided"] = "one-sided"
+    inputs: Literal["split", "selection", "report"] = "split"  # split: every skip-th input in the split's order
     sigma: Optional[float] = None  # `nrs certify` without --sigma and without a sweep to take it from
+
+
+@dataclass(frozen=True)
+class InputsSpec:
+    """Which test inputs choose and which report: two seeded, class-balanced, disjoint sets of the test split.
+
+    Every choice (the sweep's evaluations, a method's best point, the sigmas a figure shows) is made on
+    the selection set (its first ``optimize.eval_max`` inputs); every published number (Fig. 1, the
+    tables, gains at equal accuracy) is measured on the report set (its first ``certify_max``).
+    """
+
+    seed: int = 0  # seeds both sets; independent of the run seed
+    tolerance: float = 0.005  # a gain at equal accuracy needs reference points this close in accuracy (each side)
+    bootstrap: int = 2000  # paired bootstrap resamples behind every 95% interval
+    refine_steps: int = 8  # most evaluations spent refining a reference around one accuracy
 
 
 @dataclass(frozen=True)
@@ -180,6 +196,7 @@ class RunSpec:
     train: TrainSpec
     optimize: OptimizeSpec
     certify: CertifySpec = CertifySpec()
+    inputs: InputsSpec = InputsSpec()
     engine: EngineSpec = EngineSpec()
     figures: FiguresSpec = FiguresSpec()
     cooptimize: CoOptimizeSpec = CoOptimizeSpec()
@@ -302,6 +319,10 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "compare.cooptimize_inits": (lambda v: len(v) >= 1 and all(x > 0 for x in v), "positive numbers"),
     "compare.certify_max": _ALL_OR_COUNT,
+    "inputs.seed": _SEED,
+    "inputs.tolerance": (lambda v: 0 < v < 0.5, "an accuracy difference between 0 and 0.5"),
+    "inputs.bootstrap": (lambda v: 100 <= v <= 1_000_000, "from 100 to 1,000,000 resamples"),
+    "inputs.refine_steps": (lambda v: 0 <= v <= 50, "from 0 to 50 evaluations"),
 }
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nrs_cli.errors import NrsError
 from nrs_cli.io.serialization import atomic_write_text
+from nrs_cli.method.statistics import Interval, Outcomes, certified_accuracy_difference
 from nrs_cli.reports.metrics import metric
 from nrs_cli.reports.result_files import ResultFile, certified_accuracy_at, certified_values
 
@@ -70,7 +72,34 @@ def _percent_cells(rows: list[list[float]], bold: Callable[[str], str]) -> list[
     return [[cell(v, lead) for v, lead in zip(row, leaders)] for row in rows]
 
 
-def markdown_table(results: list[ResultFile], column: str, thresholds: list[float]) -> str:
+@dataclass(frozen=True)
+class Difference:
+    """Two results on the same inputs, compared at every threshold: A's certified accuracy minus B's."""
+
+    label: str
+    intervals: list[Interval]
+
+
+def differences(
+    pairs: list[tuple[str, ResultFile, ResultFile]], column: str, thresholds: list[float], resamples: int = 2000
+) -> list[Difference]:
+    """``(label, A, B)`` pairs as differences with 95% paired-bootstrap intervals (pairs on other inputs left out)."""
+    found = []
+    for label, a, b in pairs:
+        first, second = Outcomes.from_rows(a.rows), Outcomes.from_rows(b.rows)
+        if first.indices == second.indices and first.indices:
+            found.append(Difference(label, certified_accuracy_difference(first, second, column, thresholds, resamples)))
+    return found
+
+
+def _points(interval: Interval) -> str:
+    """A difference of certified accuracies in percentage points, with its interval."""
+    return f"{100 * interval.estimate:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
+
+
+def markdown_table(
+    results: list[ResultFile], column: str, thresholds: list[float], compared: list[Difference] = ()
+) -> str:
     header, rows = accuracy_table(results, column, thresholds)
     lines = [
         f"Certified accuracy (%) at {metric(column).name} >= threshold; best per column in bold.",
@@ -80,10 +109,21 @@ def markdown_table(results: list[ResultFile], column: str, thresholds: list[floa
     ]
     for result, cells in zip(results, _percent_cells(rows, lambda text: f"**{text}**")):
         lines.append(f"| {result.label} | " + " | ".join(cells) + " |")
+    if compared:
+        lines += [
+            "",
+            "Differences (percentage points) on the same inputs, with 95% paired-bootstrap intervals:",
+            "",
+            "| difference | " + " | ".join(header) + " |",
+            "|---|" + "---:|" * len(header),
+        ]
+        lines += [f"| {d.label} | " + " | ".join(_points(i) for i in d.intervals) + " |" for d in compared]
     return "\n".join(lines) + "\n"
 
 
-def latex_table(results: list[ResultFile], column: str, thresholds: list[float]) -> str:
+def latex_table(
+    results: list[ResultFile], column: str, thresholds: list[float], compared: list[Difference] = ()
+) -> str:
     header, rows = accuracy_table(results, column, thresholds)
     lines = [
         r"\begin{tabular}{l" + "r" * len(header) + "}",
@@ -93,6 +133,14 @@ def latex_table(results: list[ResultFile], column: str, thresholds: list[float])
     ]
     for result, cells in zip(results, _percent_cells(rows, lambda text: f"\\textbf{{{text}}}")):
         lines.append(f"{_tex(result.label)} & " + " & ".join(cells) + r" \\")
+    if compared:
+        lines.append(r"\hline")
+        for d in compared:
+            cells = [
+                f"${100 * i.estimate:+.1f}$ {{\\scriptsize [{100 * i.low:+.1f}, {100 * i.high:+.1f}]}}"
+                for i in d.intervals
+            ]
+            lines.append(f"{_tex(d.label)} & " + " & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -102,12 +150,21 @@ def _tex(text: str) -> str:
     return "".join(replacements.get(ch, ch) for ch in text)
 
 
-def write_tables(results: list[ResultFile], column: str, thresholds: list[float] | None, stem: Path) -> list[Path]:
-    """The certified-accuracy table as ``<stem>.md`` and ``<stem>.tex`` (thresholds None: chosen from the data)."""
+def write_tables(
+    results: list[ResultFile],
+    column: str,
+    thresholds: list[float] | None,
+    stem: Path,
+    pairs: list[tuple[str, ResultFile, ResultFile]] = (),
+    resamples: int = 2000,
+) -> list[Path]:
+    """The certified-accuracy table as ``<stem>.md`` and ``<stem>.tex`` (thresholds None: chosen from the data),
+    with the differences of the ``(label, A, B)`` pairs and their intervals below it."""
     chosen = list(thresholds) if thresholds else default_thresholds(results, column)
+    compared = differences(list(pairs), column, chosen, resamples)
     written = []
     for kind, render in (("md", markdown_table), ("tex", latex_table)):
         path = stem.with_name(f"{stem.name}.{kind}")
-        atomic_write_text(render(results, column, chosen), path)
+        atomic_write_text(render(results, column, chosen, compared), path)
         written.append(path)
     return written

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from nrs_cli.errors import NrsError
 from nrs_cli.io.collective import SINGLE_PROCESS, Collective
-from nrs_cli.io.data import inputs_digest, iterate_batches, selected_indices
+from nrs_cli.io.data import input_set, inputs_digest, iterate_batches, selected_indices
 from nrs_cli.io.models import model_digest
 from nrs_cli.io.runstate import OutputLock, spec_sections, write_manifest
 from nrs_cli.io.serialization import json_ready, read_json, write_json
@@ -178,13 +178,35 @@ def predict_summary(rows: list[dict[str, str]]) -> dict[str, Any]:
     }
 
 
+def wanted_inputs(spec: RunSpec, dataset: Dataset, whole: bool = False) -> list[int]:
+    """The inputs a run certifies, in order: every ``skip``-th input of the split below ``max``, or the first
+    ``max`` of its selection or report set (``certify.inputs``); ``whole``: as if ``max`` were -1."""
+    c = spec.certify
+    stop = -1 if whole else c.max
+    if c.inputs == "split":
+        return selected_indices(len(dataset), c.skip, stop)
+    if c.skip != 1:
+        raise NrsError(f"skip applies to the split's order, not to the {c.inputs} set (leave it at 1)")
+    return input_set(dataset, c.inputs, stop, spec.inputs.seed)
+
+
+def chosen_on_overlap(sigma: Sigma, spec: RunSpec, indices: list[int]) -> int:
+    """How many of these test inputs chose the sigma (its file records the selection inputs it was chosen on)."""
+    chosen = sigma.metadata.get("chosen_on")
+    if spec.certify.split != "test" or not isinstance(chosen, dict) or not isinstance(chosen.get("indices"), list):
+        return 0
+    return len(set(indices) & {i for i in chosen["indices"] if isinstance(i, int)})
+
+
 def fingerprint(job: SmoothedJob, options: dict[str, Any]) -> dict[str, Any]:
     """Everything a result row depends on (and nothing it does not, like chunk sizes): the inputs
     actually read included, so a rerun on other data (another --data-root) is refused. The inputs
     are every skip-th one of the split, whatever ``max``, so a larger ``max`` extends a finished table."""
     spec = job.spec
-    every = selected_indices(len(job.dataset), spec.certify.skip)
+    every = wanted_inputs(spec, job.dataset, whole=True)
+    sets = {"inputs": spec.certify.inputs, "inputs_seed": spec.inputs.seed} if spec.certify.inputs != "split" else {}
     return {
+        **sets,
         "spec": spec_sections(spec, "data"),
         "inputs_sha256": inputs_digest(job.dataset, every),
         "model_sha256": model_digest(job.model),
@@ -201,7 +223,13 @@ def fingerprint(job: SmoothedJob, options: dict[str, Any]) -> dict[str, Any]:
 def _run_table(job: SmoothedJob, kind: TableKind, on_rows: OnRows | None) -> tuple[list[dict], float]:
     """The loop shared by certify and predict: resume, evaluate in groups, flush rows, merge shards."""
     spec, collective = job.spec, job.collective
-    wanted = selected_indices(len(job.dataset), spec.certify.skip, spec.certify.max)
+    wanted = wanted_inputs(spec, job.dataset)
+    shared = chosen_on_overlap(job.sigma, spec, wanted) if spec.certify.inputs == "report" else 0
+    if shared:
+        raise NrsError(
+            f"sigma {job.sigma.label} was chosen on {shared} of these report inputs: a number measured on the "
+            "inputs that chose it is not a report (use the inputs.seed the sigma was chosen with)"
+        )
     engine = build_engine(job.model, spec, job.device)
     manifest = {
         "sigma": {"label": job.sigma.label, "file": job.sigma.source, "sha256": job.sigma.digest}

@@ -21,7 +21,7 @@ from nrs_cli.io.loaders import load_split
 from nrs_cli.io.models import build_model, load_checkpoint
 from nrs_cli.io.spec import RunSpec
 from nrs_cli.method.sigma import Sigma, constant_sigma, load_sigma, parse_sigma
-from nrs_cli.runs.certification import SmoothedJob
+from nrs_cli.runs.certification import SmoothedJob, chosen_on_overlap, wanted_inputs
 from nrs_cli.runs.optimization import OptimizeJob
 from nrs_cli.runs.train import TrainJob, training_sigma
 
@@ -53,6 +53,10 @@ def smoothed_job(
     inputs = load_split(spec.data, spec.certify.split, data_root)
     out = out or layout.result_tsv(command, chosen.tag, spec.certify.n)
     device = resolve_device(spec.engine.device)
+    shared = chosen_on_overlap(chosen, spec, wanted_inputs(spec, inputs)) if spec.certify.inputs != "report" else 0
+    if shared:
+        note = "\n".join(filter(None, [note, f"note: sigma {chosen.label} was chosen on {shared} of these inputs; "
+                                              "numbers to publish come from --inputs report"]))  # fmt: skip
     return SmoothedJob(spec, model, chosen, inputs, out, device, str(checkpoint)), note
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from nrs_cli.errors import NrsError
 from nrs_cli.io.collective import SINGLE_PROCESS, Collective
-from nrs_cli.io.data import inputs_digest, selected_indices
+from nrs_cli.io.data import input_set, inputs_digest
 from nrs_cli.io.models import model_digest
 from nrs_cli.io.runstate import Resumable, spec_sections, write_manifest
 from nrs_cli.io.spec import RunSpec
@@ -180,7 +180,7 @@ class OptimizeContext:
 
     job: OptimizeJob
     engine: SamplingEngine
-    eval_indices: list[int]  # test inputs of every evaluation
+    eval_indices: list[int]  # test inputs of every evaluation: the first eval_max of the selection set
     steps: int  # per sub-epoch
     p_hat_max: float
     emit: Callable[[SweepEvent], None]
@@ -194,7 +194,7 @@ class OptimizeContext:
         return cls(
             job=job,
             engine=build_engine(job.model, job.spec, job.device),
-            eval_indices=selected_indices(len(job.test_set), 1, o.eval_max),
+            eval_indices=input_set(job.test_set, "selection", o.eval_max, job.spec.inputs.seed),
             steps=steps or o.steps_per_sub_epoch or math.ceil(len(job.train_set) / o.batch_size),
             p_hat_max=p_hat_ceiling(o),
             emit=on_event or (lambda event: None),
@@ -222,6 +222,7 @@ def fingerprint(job: OptimizeJob, eval_indices: list[int], sections: tuple[str, 
     """Everything a run's rows depend on, the data actually read included (and the named spec sections)."""
     return {
         "spec": spec_sections(job.spec, "data", "optimize", "seed", *sections),
+        "inputs": {"set": "selection", "seed": job.spec.inputs.seed},
         "precision": job.spec.engine.precision,
         "device_type": job.device.type,
         "model_sha256": model_digest(job.model),
@@ -309,6 +310,7 @@ def evaluate_point(
             accuracy=summary.accuracy,
             mean_log_area=summary.mean_log_area,
             checkpoint=checkpoint or job.checkpoint,
+            chosen_on={"set": "selection", "seed": job.spec.inputs.seed, "indices": context.eval_indices},
         )
     seconds = time.perf_counter() - started
     return SweepRow.of(summary, values, **fields, seconds=seconds, sigma_file=str(sigma_file))

@@ -1,0 +1,256 @@
+"""Gains at equal clean accuracy that a reviewer accepts: chosen on the selection set, reported on the
+report set, against a dense reference, with a 95% interval and a second noise seed.
+
+For a compared method (optimised sigmas) and a reference (a family of sigmas, see
+:mod:`nrs_cli.runs.reference`):
+
+1. **selection set**: the method's points with the largest gains over the reference's sweep front
+   (a sparse grid joined by straight lines: the number sweeps used to print) are re-measured against
+   the reference refined around each one's accuracy; the point with the largest dense gain is chosen;
+2. **report set**: the chosen point and the reference are evaluated afresh on inputs no choice has
+   seen, the reference refined around the point's report accuracy; the gain and its paired-bootstrap
+   95% interval are reported;
+3. **second noise seed**: step 2 again with the noise seed plus one, to show how much of the
+   interval is Monte Carlo noise rather than the choice of inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from nrs_cli.method.sigma import Sigma, load_sigma
+from nrs_cli.method.statistics import (
+    Interval,
+    Outcomes,
+    gain_at_equal_accuracy,
+    mean_log_area_difference,
+    reference_area,
+)
+from nrs_cli.runs.evaluation import Evaluator, Settings
+from nrs_cli.runs.reference import Family, ReferencePoint, front_bracket, is_dense, refine
+from nrs_cli.runs.sweep import sweep_summary
+
+CANDIDATES = 3  # points of the compared method refined on the selection set
+
+
+@dataclass(frozen=True)
+class Point:
+    """A compared point: an optimised sigma on a network, with its selection-set evaluation."""
+
+    checkpoint: str
+    sigma: Callable[[], Sigma]  # loads the sigma when it is needed
+    accuracy: float
+    mean_log_area: float
+    describe: dict[str, Any]  # how a summary names it (init, sub_epoch, sigma_file, ...)
+
+
+@dataclass
+class Study:
+    """Everything one comparison needs: the two evaluators, the settings and the refinement limits."""
+
+    selection: Evaluator
+    report: Evaluator
+    settings: Settings  # the evaluation's CERTIFY settings (the sweep's eval_n0, eval_n, eval_alpha)
+    tolerance: float
+    steps: int
+    resamples: int
+
+    def refine(self, family: Family, points, accuracy: float, evaluator: Evaluator, settings: Settings):
+        def evaluate(scale: float) -> ReferencePoint:
+            outcomes = evaluator.outcomes(family.checkpoint, family.sigma(scale), settings)
+            return ReferencePoint(scale, outcomes.accuracy, outcomes.mean_log_area, outcomes)
+
+        return refine(evaluate, points, accuracy, self.tolerance, self.steps)
+
+
+def dense_gain(bracket, accuracy: float, area: float) -> float | None:
+    if bracket is None:
+        return None
+    first, second = bracket
+    return area - float(
+        reference_area(accuracy, (first.accuracy, first.mean_log_area), (second.accuracy, second.mean_log_area))
+    )
+
+
+def choose_on_selection(
+    study: Study, family: Family, reference: list[ReferencePoint], candidates: list[Point]
+) -> tuple[dict[str, Any], list[ReferencePoint]]:
+    """Refine the reference around each candidate's selection accuracy; the candidate with the largest dense gain."""
+    measured = []
+    for point in candidates:
+        reference = study.refine(family, reference, point.accuracy, study.selection, study.settings)
+        bracket = front_bracket(reference, point.accuracy)
+        dense = is_dense(reference, point.accuracy, study.tolerance)
+        gain = dense_gain(bracket if dense else None, point.accuracy, point.mean_log_area)
+        measured.append({"point": point, "gain": gain, "bracket": _bracket_dict(bracket)})
+    gained = [m for m in measured if m["gain"] is not None]
+    chosen = max(gained, key=lambda m: m["gain"]) if gained else None
+    return {"candidates": measured, "chosen": chosen}, reference
+
+
+def report_gain(study: Study, family: Family, point: Point, start: list[float], seed_offset: int = 0) -> dict[str, Any]:
+    """The point's gain over the reference on the report set, refined from the scales in ``start``."""
+    settings = Settings(study.settings.n0, study.settings.n, study.settings.alpha, study.settings.seed + seed_offset)
+    outcomes = study.report.outcomes(point.checkpoint, point.sigma(), settings)
+    reference: list[ReferencePoint] = []
+    for scale in start:
+        sigma_outcomes = study.report.outcomes(family.checkpoint, family.sigma(scale), settings)
+        reference.append(ReferencePoint(scale, sigma_outcomes.accuracy, sigma_outcomes.mean_log_area, sigma_outcomes))
+    reference = study.refine(family, reference, outcomes.accuracy, study.report, settings)
+    bracket = front_bracket(reference, outcomes.accuracy)
+    result: dict[str, Any] = {
+        "seed": settings.seed,
+        "accuracy": outcomes.accuracy,
+        "mean_log_area": outcomes.mean_log_area,
+        "bracket": _bracket_dict(bracket),
+        "dense": is_dense(reference, outcomes.accuracy, study.tolerance),
+        "gain": None,
+    }
+    if bracket is not None:
+        gain = gain_at_equal_accuracy(
+            outcomes, bracket[0].outcomes, bracket[1].outcomes, study.resamples, settings.seed
+        )
+        result["gain"] = gain.to_dict()
+    return result
+
+
+def _bracket_dict(bracket) -> list[dict[str, float]] | None:
+    if bracket is None:
+        return None
+    return [{"scale": p.scale, "accuracy": p.accuracy, "mean_log_area": p.mean_log_area} for p in bracket]
+
+
+def interval(result: dict[str, Any] | None) -> Interval | None:
+    """The gain of a :func:`report_gain` result as an :class:`Interval` (None when there is none)."""
+    if not result or not result.get("gain"):
+        return None
+    gain = result["gain"]
+    return Interval(gain["estimate"], gain["low"], gain["high"])
+
+
+def sweep_headline(study: Study, spec, rows: list[dict[str, Any]], sweep_dir, checkpoint: str) -> dict[str, Any]:
+    """The sweep's largest gain over isotropic sigma at equal accuracy, measured the three ways above."""
+    family = Family(checkpoint, None, tuple(spec.data.input_shape))
+    isotropic = [r for r in rows if r["method"] == "isotropic"]
+    reference = [ReferencePoint(r["init"], r["accuracy"], r["mean_log_area"]) for r in isotropic]
+    sparse = [p for p in sweep_summary(rows)["anisotropic"] if p["gain_at_equal_accuracy"] is not None]
+    ranked = sorted(sparse, key=lambda p: -p["gain_at_equal_accuracy"])[:CANDIDATES]
+    candidates = [
+        Point(checkpoint, lambda f=p["sigma_file"]: load_sigma(sweep_dir / f, spec), p["accuracy"],
+              p["mean_log_area"], {k: p[k] for k in ("init", "sub_epoch", "sigma_file")})
+        for p in ranked
+    ]  # fmt: skip
+    selection, _ = choose_on_selection(study, family, reference, candidates)
+    headline: dict[str, Any] = {
+        "inputs": {
+            "selection": {"count": study.selection.count, "seed": spec.inputs.seed},
+            "report": {"count": study.report.count, "seed": spec.inputs.seed},
+        },
+        "sparse": {"grid": len(isotropic), **(_described(ranked[0]) if ranked else {})},
+        "selection": {
+            "candidates": [candidate_summary(m) for m in selection["candidates"]],
+            "chosen_file": selection["chosen"]["point"].describe["sigma_file"] if selection["chosen"] else None,
+        },
+        "report": None,
+        "second_seed": None,
+    }
+    chosen = selection["chosen"]
+    if chosen is not None:
+        report = report_gain(study, family, chosen["point"], [b["scale"] for b in chosen["bracket"]])
+        headline["report"] = {**chosen["point"].describe, **report}
+        start = [b["scale"] for b in report["bracket"] or chosen["bracket"]]
+        headline["second_seed"] = report_gain(study, family, chosen["point"], start, seed_offset=1)
+    return headline
+
+
+def _described(point: dict[str, Any]) -> dict[str, Any]:
+    keys = ("init", "sub_epoch", "sigma_file", "accuracy", "mean_log_area", "gain_at_equal_accuracy")
+    return {key: point[key] for key in keys}
+
+
+def candidate_summary(measured: dict[str, Any]) -> dict[str, Any]:
+    point = measured["point"]
+    return {
+        **point.describe,
+        "accuracy": point.accuracy,
+        "mean_log_area": point.mean_log_area,
+        "gain": measured["gain"],
+        "bracket": measured["bracket"],
+    }
+
+
+def partner_gains(pairs, resamples: int) -> list[dict[str, Any]]:
+    """Each optimised sigma's mean log-area over its isotropic partner's on the report set (Fig. 1's settings)."""
+    found = []
+    for label, optimised, partner in pairs:
+        a, b = Outcomes.from_rows(optimised.rows), Outcomes.from_rows(partner.rows)
+        gain = mean_log_area_difference(a, b, resamples)
+        found.append({"label": label, "accuracy": [a.accuracy, b.accuracy], "mean_log_area_gain": gain.to_dict()})
+    return found
+
+
+def headline_markdown(name: str, headline: dict[str, Any]) -> str:
+    """``headline.md``: the gain measured as the sweep reports it, with a dense reference, and on the report set."""
+    selection, report = headline["inputs"]["selection"], headline["inputs"]["report"]
+    sparse = headline["sparse"]
+    lines = [
+        f"# {name}: the largest certified-area gain over isotropic sigma at equal clean accuracy",
+        "",
+        f"Selection set: {selection['count']} test inputs; report set: {report['count']} other test inputs "
+        f"(class-balanced, seed {selection['seed']}). Gains in mean log_area (nats); 95% paired-bootstrap intervals.",
+        "",
+        "| how the gain is measured | inputs | point | gain |",
+        "|---|---|---|---:|",
+    ]
+    if "gain_at_equal_accuracy" in sparse:
+        lines.append(
+            f"| as the sweep reports it: {sparse['grid']} isotropic sigmas joined by straight lines | selection | "
+            f"{_name(sparse)} | {sparse['gain_at_equal_accuracy']:+.1f} |"
+        )
+    for candidate in headline["selection"]["candidates"]:
+        gain = "-" if candidate["gain"] is None else f"{candidate['gain']:+.1f}"
+        lines.append(f"| same inputs, isotropic reference refined to its accuracy | selection | {_name(candidate)} "
+                     f"| {gain} |")  # fmt: skip
+    for title, result in (
+        ("other inputs, refined reference", headline["report"]),
+        ("the same, second noise seed", headline["second_seed"]),
+    ):
+        gain = interval(result)
+        if result is not None:
+            text = "-" if gain is None else gain.text()
+            lines.append(f"| {title} (seed {result['seed']}) | report | {_name(headline['report'])} | {text} |")
+    for partner in headline.get("partners", []):
+        gain = partner["mean_log_area_gain"]
+        text = Interval(gain["estimate"], gain["low"], gain["high"]).text()
+        lines.append(f"| {partner['label']}: mean log_area, Fig. 1's CERTIFY | report | | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def _name(point: dict[str, Any]) -> str:
+    return f"from σ = {point['init']:g}, sub-epoch {point['sub_epoch']} ({100 * point['accuracy']:.1f}%)"
+
+
+def gains_markdown(title: str, reported: dict[str, dict[str, Any]], counts: tuple[int, int, int]) -> str:
+    """Each compared pair's gain as the fronts report it, with a dense reference, and on the report set."""
+    selection, report, seed = counts
+    lines = [
+        f"# {title}: gains at equal clean accuracy",
+        "",
+        f"Chosen on {selection} selection inputs, reported on {report} other test inputs (class-balanced, seed "
+        f"{seed}); mean log_area (nats), 95% paired-bootstrap intervals.",
+        "",
+        "| comparison | fronts as swept (selection) | refined reference (selection) | report set | second noise seed |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for pair, found in reported.items():
+        sparse = found.get("sparse")
+        chosen = [c["gain"] for c in (found.get("selection") or {}).get("candidates", []) if c["gain"] is not None]
+        cells = [
+            "-" if not sparse else f"{sparse['gain_at_equal_accuracy']:+.1f}",
+            "-" if not chosen else f"{max(chosen):+.1f}",
+            *("-" if interval(found.get(key)) is None else interval(found[key]).text() for key in ("report",
+                                                                                                   "second_seed")),
+        ]  # fmt: skip
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
