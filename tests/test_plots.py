@@ -17,7 +17,7 @@ from nrs_cli.reports.plots import blanket_filter, load_sweep, plot_certified_acc
 from nrs_cli.reports.result_files import certified_accuracy_at, certified_accuracy_curve, load_result
 from nrs_cli.reports.sigma_images import robustness_report, sigma_to_image
 from nrs_cli.reports.tables import default_thresholds, latex_table, markdown_table
-from nrs_cli.runs.certification import CERTIFY_SCHEMA
+from nrs_cli.runs.certification import CERTIFY_SCHEMA, read_results
 from nrs_cli.runs.optimization import SWEEP_SCHEMA, read_metrics
 
 # (correct, log_area, radius): 6 inputs, 4 correct, one abstention, one wrong
@@ -310,7 +310,19 @@ def test_figures_pipeline_end_to_end_and_resumed(run_cli, trained_mini, tmp_path
     certified = sorted(p.name for p in (runs / "mnist-mini" / "certify").glob("figures-*.tsv"))
     assert chosen and len(certified) == 2 * len(chosen)
     assert sum(p.startswith("figures-iso-") for p in certified) == len(chosen)
+    # ... on inputs disjoint from those that chose them, and the headline says which and how sure
+    sweep = runs / "mnist-mini" / "optimize" / "figures"
+    chosen_on = set(torch.load(sweep / chosen[0]["sigma_file"], weights_only=True)["chosen_on"]["indices"])
+    for tsv in (runs / "mnist-mini" / "certify").glob("figures-*.tsv"):
+        assert not {int(row["idx"]) for row in read_results(tsv)} & chosen_on
+    assert headline["inputs"]["report"]["count"] == 25
+    if headline["report"] and headline["report"]["gain"]:
+        gain = headline["report"]["gain"]
+        assert gain["low"] <= gain["estimate"] <= gain["high"]
+    assert "| other inputs, refined reference" in (out / "headline.md").read_text() or not headline["report"]
     tables = (out / "table-certified-accuracy-log-area.md").read_text()
+    assert "Differences (percentage points) on the same inputs, with 95% paired-bootstrap intervals" in tables
+
     assert tables.count("| anisotropic, from σ =") == len(chosen) == tables.count("| isotropic, σ =")
     # a second run reuses every finished step
     before = {p: p.stat().st_mtime_ns for p in (runs / "mnist-mini").rglob("*.tsv")}

@@ -61,7 +61,9 @@ def run_note(results: list[ResultFile]) -> str:
         if fp:
             notes.add(f"n0={fp.get('n0')}, n={fp.get('n')}, α={fp.get('alpha')}, {fp.get('bound')}")
     sizes = {len(r.rows) for r in results}
-    size = f"{'/'.join(str(s) for s in sorted(sizes))} test inputs"
+    sets = {section(r.manifest, "fingerprint").get("inputs") for r in results} - {None}
+    which = f"{sets.pop()} set " if len(sets) == 1 else ""
+    size = f"{'/'.join(str(s) for s in sorted(sizes))} test inputs" + (f" ({which.strip()})" if which else "")
     return "; ".join(sorted(notes) + [size])
 
 
@@ -110,7 +112,8 @@ def load_sweep(run_dir: str | Path, label: str | None = None) -> SweepPoints:
         eval_max = o.get("eval_max")
         inputs = eval_max if isinstance(eval_max, int) and eval_max >= 0 else "all"
         settings = f"n0={o.get('eval_n0')}, n={o.get('eval_n')}, α={o.get('eval_alpha')}"
-        note = f"evaluation: CERTIFY {settings}, {inputs} test inputs"
+        chosen = " (selection set)" if section(manifest, "fingerprint").get("inputs") else ""
+        note = f"evaluation: CERTIFY {settings}, {inputs} test inputs{chosen}"
     name = label or str(spec.get("name") or run_dir.name)
     return SweepPoints(
         name,
