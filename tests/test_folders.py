@@ -87,6 +87,8 @@ def test_what_is_and_is_not_an_image_folder(tmp_path, monkeypatch):
         load_dataset_spec("flat")
     with pytest.raises(NrsError, match="or an image folder <class>/<image>"):
         load_dataset_spec("nowhere")
+    with pytest.raises(NrsError, match="data/mine: no such image folder or spec file"):
+        load_dataset_spec("data/mine")
 
 
 def test_spec_new_writes_every_field_and_loads_back(run_cli, tmp_path, monkeypatch):
@@ -149,12 +151,19 @@ def test_plain_state_dicts_need_their_architecture_named(tmp_path):
     with pytest.raises(NrsError, match=r"holds weights only: name their architecture with --arch .*torchvision:"):
         load_checkpoint(tmp_path / "s.pt", spec)
     torch.save({"arch": "resnet18", "state_dict": state}, tmp_path / "n")
-    with pytest.raises(NrsError, match="unknown architecture 'resnet18' .*torchvision:NAME"):
+    with pytest.raises(NrsError, match="unknown architecture 'resnet18': torchvision's is --arch torchvision:resnet18"):
         load_checkpoint(tmp_path / "n", spec)
+    torch.save({"arch": "resnet1234", "state_dict": state}, tmp_path / "r")
+    with pytest.raises(NrsError, match="unknown architecture 'resnet1234' .*torchvision:NAME"):
+        load_checkpoint(tmp_path / "r", spec)
     given = folder_spec(spec.data.folder, {"model.arch": "mnist_cnn"})  # --arch says what the file means
     assert load_checkpoint(tmp_path / "n", given)[0][1].fc2.out_features == 2
     wrong = folder_spec(spec.data.folder, {"model.arch": "cifar_resnet20"})
-    with pytest.raises(NrsError, match=r"does not fit a cifar_resnet20 .*it names the architecture 'resnet18'"):
+    with pytest.raises(
+        NrsError,
+        match=r"does not fit a cifar_resnet20 .*names the architecture 'resnet18', unknown to "
+        r"nrs: pass --arch torchvision:resnet18",
+    ):
         load_checkpoint(tmp_path / "n", wrong)
 
 

@@ -52,3 +52,36 @@ def test_a_torchvision_state_dict_and_a_folder_of_pngs(run_cli, tmp_path, monkey
     again = run_cli("certify", *model, "--data-root", "images", *CERTIFY[2:], "--sigma", sigma.source)
     assert again.code == 0, again.stderr
     assert len(read_results("runs/images/certify/init00-0.125_sub01_n32.tsv")) == 3
+
+
+BRIGHTNESS_NET = '''from torch import nn
+
+
+def build(num_classes):
+    """Class 1 when the mean pixel is above one half (the folder's classes are a dark and a bright shade)."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, num_classes))
+'''
+SMALL = {
+    "optimize.inits": 2, "optimize.init": 0.1, "optimize.init_step": 0.1, "optimize.sub_epochs": 1,
+    "optimize.steps_per_sub_epoch": 2, "optimize.batch_size": 4, "optimize.n0": 4, "optimize.eval_n0": 8,
+    "optimize.eval_n": 32, "optimize.eval_alpha": 0.01, "certify.n0": 8, "certify.n": 32, "certify.alpha": 0.01,
+    "figures.sigmas": 1,
+}  # fmt: skip
+
+
+def test_figures_and_visualize_sigma_on_a_folder(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "brightness.py").write_text(BRIGHTNESS_NET)
+    write_image_folder(tmp_path / "shades", ["0-dark", "1-bright"], 10, (8, 8), learnable=True)
+    state = {"2.weight": torch.tensor([[-10.0] * 3, [10.0] * 3]), "2.bias": torch.tensor([15.0, -15.0])}
+    torch.save(state, "brightness.pt")
+    settings = [item for key, value in SMALL.items() for item in ("--set", f"{key}={value}")]
+    model = ["--checkpoint", "brightness.pt", "--arch", "brightness:build"]
+    result = run_cli("figures", "--data-root", "shades", *model, *settings)
+    assert result.code == 0, result.stderr
+    assert (tmp_path / "figures/shades/fig2-clean-accuracy.png").is_file()
+    assert (tmp_path / "figures/shades/fig3-sigma.png").is_file()
+    sigma = next((tmp_path / "runs/shades/optimize/figures/sigmas").glob("*.pt"))
+    shown = run_cli("visualize-sigma", sigma, "--dataset", "shades", "--out", "sigma-image")
+    assert shown.code == 0, shown.stderr
+    assert (tmp_path / "sigma-image.png").is_file()

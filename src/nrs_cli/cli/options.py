@@ -11,7 +11,10 @@ DATASET_HELP = (
     "Built-in dataset (see `nrs list datasets`), a YAML run spec file, or an image folder DIR/<class>/<image> "
     "or DIR/{train,test}/<class>/<image> (no YAML needed)."
 )
-DATA_ROOT_HELP = "Folder holding the datasets (default: $NRS_DATA_ROOT, then ~/.cache/nrs/data)."
+DATA_ROOT_HELP = (
+    "Folder holding the datasets, or an image folder to use as the dataset "
+    "(default: $NRS_DATA_ROOT, then ~/.cache/nrs/data)."
+)
 SET_HELP = "Override any spec field, e.g. --set train.lr_step=30 (repeatable)."
 
 # Options several commands share; each maps to the spec field in brackets.

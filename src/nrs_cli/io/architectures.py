@@ -196,7 +196,10 @@ def architecture(name: str, origin: str | None = None) -> Builder:
                 f"a file: if you trust it, pass --arch {name[:60]} on the command line (which runs it)"
             )
         return _factory_builder(name)
-    raise NrsError(f"{origin + ': ' if origin else ''}unknown architecture {name[:40]!r} ({known_archs()})")
+    where = f"{origin}: " if origin else ""
+    if name in torchvision_names():
+        raise NrsError(f"{where}unknown architecture {name!r}: torchvision's is --arch {TORCHVISION_PREFIX}{name}")
+    raise NrsError(f"{where}unknown architecture {name[:40]!r} ({known_archs()})")
 
 
 @functools.cache

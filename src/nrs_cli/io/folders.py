@@ -151,6 +151,8 @@ def load_dataset_spec(
     path = Path(dataset)
     if path.is_dir() and not (dataset in builtin_specs() and path.name == dataset):
         return folder_spec(path, overrides)
+    if not path.exists() and len(path.parts) > 1:  # a path, not a name
+        raise NrsError(f"{dataset}: no such image folder or spec file")
     return load_spec(dataset, overrides)
 
 

@@ -27,11 +27,11 @@ from torch import nn
 
 from nrs_cli.errors import NrsError
 from nrs_cli.io import loaders  # noqa: F401 - registers the loaders, whose families data_family compares
-from nrs_cli.io.architectures import architecture, known_archs
+from nrs_cli.io.architectures import architecture, known_archs, torchvision_names
 from nrs_cli.io.data import data_family
 from nrs_cli.io.folders import load_dataset_spec
 from nrs_cli.io.serialization import atomic_torch_save, check_digest, load_weights_only, tensor_digest, with_digest
-from nrs_cli.io.spec import RunSpec, build_spec, is_factory
+from nrs_cli.io.spec import TORCHVISION_PREFIX, RunSpec, build_spec, is_factory
 from nrs_cli.version import __version__
 
 CHECKPOINT_FORMAT = "nrs-checkpoint/1"
@@ -152,10 +152,20 @@ def _assembled(path, state: dict[str, torch.Tensor], metadata: dict[str, Any], s
         network.load_state_dict(_fitting_keys(state, set(network.state_dict())), strict=True)
     except RuntimeError as err:
         first = str(err).split("\n")[1].strip() if "\n" in str(err) else str(err)
-        named = metadata.get("arch")
-        hint = f" (it names the architecture {str(named)[:40]!r}; pass --arch)" if named not in (None, name) else ""
-        raise NrsError(f"{path} does not fit a {name} for {spec.name}: {first[:200]}{hint}") from None
+        raise NrsError(
+            f"{path} does not fit a {name} for {spec.name}: {first[:200]}{_arch_hint(metadata.get('arch'), name)}"
+        ) from None
     return model.eval()
+
+
+def _arch_hint(named: Any, built: str) -> str:
+    """What to pass when the weights do not fit the network built for them."""
+    if named == built:
+        return ""
+    if named is None:
+        return " (the file holds weights only: name their network with --arch, and their data with --dataset)"
+    suggestion = f"{TORCHVISION_PREFIX}{named}" if str(named) in torchvision_names() else "the network's name"
+    return f" (the file names the architecture {str(named)[:40]!r}, unknown to nrs: pass --arch {suggestion})"
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
