@@ -16,7 +16,7 @@ from torch import nn
 from nrs_cli.errors import NrsError
 from nrs_cli.io.folders import folder_spec, is_image_folder, load_dataset_spec
 from nrs_cli.io.loaders import load_data, load_split
-from nrs_cli.io.models import build_model, load_checkpoint, load_model, model_digest
+from nrs_cli.io.models import build_model, load_checkpoint, load_model, model_digest, save_checkpoint
 from nrs_cli.io.spec import load_spec
 
 CLASSES = ["cat", "dog", "eel"]
@@ -204,3 +204,12 @@ def test_load_model_from_python(tmp_path, monkeypatch):
     folder = write_folder(tmp_path)
     same = load_model(tmp_path / "s.pt", "callers_nets:build", dataset=str(folder), mean=(0.5,), std=(0.25,))
     assert torch.allclose(same(x), net((x - 0.5) / 0.25))
+
+
+def test_load_model_reads_what_an_nrs_checkpoint_says_about_its_data(tmp_path):
+    spec = load_spec("mnist-mini")
+    trained = build_model(spec).eval()
+    save_checkpoint(tmp_path / "c.pt", trained, spec, "mnist_cnn")
+    model = load_model(tmp_path / "c.pt")  # no arch, classes, shape or normalisation to give
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model(x), trained(x)) and model[0].mean.flatten().tolist() == pytest.approx(spec.data.mean)
