@@ -183,8 +183,8 @@ def figures_command(
         started = time.perf_counter()
         spec = spec_from(name, options, set_, data_root)
         console.print(f"figures: {spec.name} -> {out / spec.name}")
-        device_ = resolve_device(spec.engine.device)
-        written = figures_run(spec, data_root, runs_dir, out, device_, console.print, checkpoint)
+        on = resolve_device(spec.engine.device)
+        written = figures_run(spec, data_root, runs_dir, out, on, console.print, checkpoint)
         console.print(f"{spec.name}: {len(written)} files in {out / spec.name} ({time.perf_counter() - started:.0f} s)")
 
 

@@ -171,44 +171,56 @@ def image_transform(spec: DataSpec):
     return transforms.Compose(steps)
 
 
-class CheckedImages(Dataset):
-    """An ``ImageFolder`` whose every image is checked against the spec's shape as it is read."""
+class ImageFiles(Dataset):
+    """The images of ``<class>/<image>`` folders, as torchvision's ``ImageFolder`` lists them (every file
+    with an image suffix under a class folder, sorted; hidden folders are not classes), decoded to RGB,
+    transformed, and checked against the input shape as they are read."""
 
-    def __init__(self, images: Dataset, input_shape: tuple[int, ...]):
-        self.images = images
+    def __init__(self, folder: Path, transform, input_shape: tuple[int, ...]):
+        self.classes = [c.name for c in _subfolders(folder)]
+        self.samples = [
+            (path, label)
+            for label, name in enumerate(self.classes)
+            for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        ]
+        self.targets = [label for _, label in self.samples]  # labels without reading images (split_labels)
+        self.transform = transform
         self.input_shape = tuple(input_shape)
-        self.targets = images.targets  # labels without reading images (split_labels)
-        self.classes = images.classes
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.samples)
 
     def __getitem__(self, index: int):
-        image, label = self.images[index]
-        if tuple(image.shape) != self.input_shape:
-            found, wanted = "x".join(map(str, image.shape)), "x".join(map(str, self.input_shape))
+        from PIL import Image
+
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                pixels = self.transform(image.convert("RGB"))
+        except (OSError, ValueError) as err:
+            raise NrsError(f"cannot read the image {path}: {err}") from None
+        if tuple(pixels.shape) != self.input_shape:
+            found, wanted = "x".join(map(str, pixels.shape)), "x".join(map(str, self.input_shape))
             raise NrsError(
-                f"{self.images.samples[index][0]} is {found}, but the spec says input_shape {wanted} "
-                "(--resize N brings every image to NxN)"
+                f"{path} is {found}, but the spec says input_shape {wanted} (--resize N brings every image to NxN)"
             )
-        return image, label
+        return pixels, label
 
 
-def read_image_folder(spec: DataSpec, folder: Path, what: str, layout: str, root: Path) -> CheckedImages:
-    """One split's ``<class>/<image>`` folder, read by torchvision's ``ImageFolder``."""
-    from torchvision.datasets import ImageFolder
-
+def read_image_folder(spec: DataSpec, folder: Path, what: str, layout: str, root: Path) -> ImageFiles:
+    """One split's ``<class>/<image>`` folder."""
     if not folder.is_dir():
         raise missing_data(what, root, layout)
-    try:
-        dataset = ImageFolder(str(folder), transform=image_transform(spec))
-    except (FileNotFoundError, RuntimeError) as err:
-        raise NrsError(f"{what}: cannot read {folder}: {err}") from None
+    dataset = ImageFiles(folder, image_transform(spec), spec.input_shape)
+    present = set(dataset.targets)
+    empty = [name for label, name in enumerate(dataset.classes) if label not in present]
+    if empty:
+        raise NrsError(f"{what}: {folder / empty[0]} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     if len(dataset.classes) != spec.num_classes:
         raise NrsError(
             f"{folder} has {len(dataset.classes)} class folders, but the spec says num_classes {spec.num_classes}"
         )
-    return CheckedImages(dataset, spec.input_shape)
+    return dataset
 
 
 def split_of_one_folder(labels: list[int], fraction: float, seed: int, split: str) -> list[int]:
