@@ -9,10 +9,10 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 # the guide's real settings -> a few samples and steps (every one must still be in the docs)
 SMALLER = {
-    "n=100_000": "n=40",
-    "n=10_000": "n=40",
-    "n0=100": "n0=8",
-    "batch_size=1000": "batch_size=48",
+    "n=100_000": "n=24",
+    "n=10_000": "n=24",
+    "n0=100": "n0=4",
+    "batch_size=1000": "batch_size=28",
     "steps=100": "steps=2",
     "batch_size=32": "batch_size=4",
     "n0=16": "n0=2",

@@ -142,6 +142,9 @@ def test_state_dicts_load_with_any_known_prefix(tmp_path):
         reference = model_digest(model)
     torch.save({"epoch": 3, "model_state_dict": network.state_dict()}, tmp_path / "tutorial.pt")
     assert model_digest(load_checkpoint(tmp_path / "tutorial.pt", spec)[0]) == reference
+    lightning = {"state_dict": {f"model.{k}": v for k, v in network.state_dict().items()}, "epoch": 3}
+    torch.save(lightning, tmp_path / "lightning.ckpt")
+    assert model_digest(load_checkpoint(tmp_path / "lightning.ckpt", spec)[0]) == reference
 
 
 def test_plain_state_dicts_need_their_architecture_named(tmp_path):

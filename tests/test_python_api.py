@@ -134,7 +134,11 @@ def test_every_mismatch_is_a_one_line_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_inputs_on_another_device_than_the_model_are_refused():
     model = linear_model().cuda()
-    one_line_error(lambda: Smooth(model, 2, 0.3).certify(inputs(), 8, 16, 0.01), "x is on cpu but the model is on cuda")
+    smooth = Smooth(model, 2, 0.3)
+    one_line_error(lambda: smooth.certify(inputs(), 8, 16, 0.01), "x is on cpu but the model is on cuda")
+    on_gpu = smooth.certify(inputs().cuda(), 8, 16, 0.01, seed=0)
+    model.cpu()  # the caller moves the model: the next call follows it
+    assert len(smooth.certify(inputs(), 8, 16, 0.01, seed=0)) == len(on_gpu)
 
 
 def test_optimize_sigma_widens_sigma_where_the_linear_classifier_does_not_look():

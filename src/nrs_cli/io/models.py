@@ -237,9 +237,11 @@ def _is_known(name: str) -> bool:
 
 def _fitting_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
     """The state dict with the prefix that makes its keys the network's removed: ours ``1.``, Cohen's
-    ``1.module.``, DataParallel's ``module.`` (as it is when none fits, so the error names the keys)."""
+    ``1.module.``, DataParallel's ``module.``, or one all keys share (a wrapper's attribute, such as
+    Lightning's ``model.``); as it is when none fits, so the error names the keys."""
     candidates = [state]
-    for prefix in ("1.module.", "1.", "module."):
+    shared = {key.split(".", 1)[0] for key in state}
+    for prefix in ("1.module.", "1.", "module.", *(f"{name}." for name in shared if len(shared) == 1)):
         if all(key.startswith(prefix) for key in state):
             candidates.append({key[len(prefix) :]: value for key, value in state.items()})
     return next((c for c in candidates if set(c) == expected), candidates[-1])

@@ -193,7 +193,8 @@ class Smooth:
             raise NrsError(f"batch_size must be a positive integer (samples per forward pass), got {batch_size}")
         shape, model = tuple(batch.shape[1:]), self.base_classifier
         with borrowed(model):
-            if self._engine is None or self._engine.input_shape != shape:
+            moved = self._lent and self._engine is not None and self._engine.device != batch.device
+            if self._engine is None or self._engine.input_shape != shape or moved:
                 self._engine = self._engine_for(shape, batch.device)
             engine = self._engine
             if batch_size is not None:  # the same engine, another number of samples per forward pass
