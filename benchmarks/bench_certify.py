@@ -81,7 +81,9 @@ def per_input_certify(model, images, sigma, n0, n, alpha, batch, num_classes):
 
 
 def engine_certify(engine, sigma, images, n0, n, alpha, smooth_class=Smooth):
-    smooth = smooth_class(engine, sigma, seed=0)
+    # revisions before Smooth took Cohen's arguments built it from the engine directly
+    make = getattr(smooth_class, "from_engine", smooth_class)
+    smooth = make(engine, sigma, seed=0)
     group = inputs_per_group(engine.chunk_size, n0, n)
     for start in range(0, len(images), group):
         batch = images[start : start + group]

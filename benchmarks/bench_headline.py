@@ -43,7 +43,7 @@ def engine_for(arch: str, device: torch.device, precision: str, quick: bool) -> 
 
 def headline(device: torch.device, inputs: int, n0: int, n: int, quick: bool) -> list[str]:
     engine, shape = engine_for("resnet50", device, "bf16", quick)
-    smooth = Smooth(engine, constant_sigma(0.25, shape), seed=0)
+    smooth = Smooth.from_engine(engine, constant_sigma(0.25, shape), seed=0)
     x = torch.rand((inputs, *shape), generator=torch.Generator().manual_seed(0))
     smooth.certify(x[:1], 2, 2, 0.001)  # warm-up: kernels chosen, memory reserved
     synchronize(device)

@@ -39,7 +39,7 @@ def inputs_with_margins(model, sigma, count=24, seed=2):
 def test_certified_ellipsoid_is_sound_against_the_exact_smoothed_classifier():
     model, sigma = linear_model(), anisotropic_sigma()
     x = inputs_with_margins(model, sigma)
-    smooth = Smooth(linear_engine(model), sigma, seed=0)
+    smooth = Smooth.from_engine(linear_engine(model), sigma, seed=0)
     certificates = smooth.certify(x, n0=64, n=2000, alpha=0.001)
     truth = model.label(x)
     exact_R = norm.ppf(model.p_top(x, sigma.values).numpy())
@@ -131,7 +131,7 @@ def test_monte_carlo_pA_lower_covers_the_exact_pA():
     model, sigma = linear_model(seed=5), anisotropic_sigma(seed=6)
     x = inputs_with_margins(model, sigma, count=400, seed=7)
     alpha = 0.2
-    smooth = Smooth(linear_engine(model, chunk_size=512), sigma, seed=11)
+    smooth = Smooth.from_engine(linear_engine(model, chunk_size=512), sigma, seed=11)
     certificates = smooth.certify(x, n0=32, n=50, alpha=alpha)
     exact = model.p_top(x, sigma.values)
     truth = model.label(x)
@@ -164,18 +164,17 @@ def test_two_sided_certifies_more_when_the_runner_up_is_small():
     assert two.radius > one.radius > 0
 
 
-def test_smooth_from_model_is_cohens_one_liner_and_keys_noise_by_index():
+def test_smooth_takes_cohens_arguments_and_keys_noise_by_index():
     model = linear_model()
     x = inputs_with_margins(model, constant_sigma(0.3, SHAPE), count=6)
-    smooth = Smooth.from_model(model, 0.3, num_classes=2, input_shape=SHAPE)
-    explicit = Smooth(linear_engine(model), constant_sigma(0.3, SHAPE), seed=0)
-    assert smooth.certify(x, 32, 200, 0.001) == explicit.certify(x, 32, 200, 0.001, indices=list(range(6)))
-    assert smooth.predict(x, 200, 0.001) == explicit.predict(x, 200, 0.001)
-    tensor = Smooth.from_model(model, torch.full(SHAPE, 0.3), num_classes=2)  # the shape comes with the tensor
-    assert tensor.certify(x, 32, 200, 0.001) == smooth.certify(x, 32, 200, 0.001)
+    smooth = Smooth(model, 2, 0.3)  # Cohen et al.'s order; the shape comes with the first input
+    explicit = Smooth.from_engine(linear_engine(linear_model()), constant_sigma(0.3, SHAPE), seed=0)
+    keyed = smooth.certify(x, 32, 200, 0.001, indices=list(range(6)))
+    assert keyed == explicit.certify(x, 32, 200, 0.001, indices=list(range(6)))
+    assert smooth.predict(x, 200, 0.001, seed=0) == explicit.predict(x, 200, 0.001, indices=list(range(6)))
+    tensor = Smooth(model, 2, torch.full(SHAPE, 0.3), seed=0)  # a tensor sigma; a seed fixes every call
+    assert tensor.certify(x, 32, 200, 0.001) == keyed == tensor.certify(x, 32, 200, 0.001, batch_size=7)
     shifted = smooth.certify(x, 32, 200, 0.001, indices=list(range(100, 106)))  # other indices, other noise
-    assert [c.pA_lower for c in shifted] != [c.pA_lower for c in smooth.certify(x, 32, 200, 0.001)]
-    with pytest.raises(NrsError, match="input_shape"):
-        Smooth.from_model(model, 0.3, num_classes=2)
+    assert [c.pA_lower for c in shifted] != [c.pA_lower for c in keyed]
     with pytest.raises(NrsError, match="values <= 0"):
-        Smooth.from_model(model, torch.zeros(SHAPE), num_classes=2)
+        Smooth(model, 2, torch.zeros(SHAPE))

@@ -72,7 +72,7 @@ def test_imagefolder_loader_and_class_count_check(tmp_path):
     assert len(train) == 6 and [train[i][1] for i in range(6)] == [0, 0, 0, 1, 1, 1]
     with pytest.raises(NrsError, match="2 class folders, but the spec says num_classes 10"):
         load_split(dataclasses.replace(spec, num_classes=10), "train", tmp_path)
-    with pytest.raises(NrsError, match="shape 3x8x8, but the spec says input_shape 3x9x9"):
+    with pytest.raises(NrsError, match="0000.png is 3x8x8, but the spec says input_shape 3x9x9"):
         load_split(dataclasses.replace(spec, input_shape=(3, 9, 9)), "train", tmp_path)
 
 

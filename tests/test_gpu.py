@@ -58,8 +58,8 @@ def test_compiled_counter_noise_on_cuda_matches_the_cpu_code():
 
 def test_cuda_smooth_reproduces_cohens_radius():
     model = linear_model()
-    smooth = Smooth.from_model(model, 0.3, num_classes=2, input_shape=SHAPE, device="cuda", precision="bf16")
-    x = torch.rand((6, *SHAPE), generator=torch.Generator().manual_seed(3))
+    smooth = Smooth(model.to(CUDA), 2, 0.3, precision="bf16")
+    x = torch.rand((6, *SHAPE), generator=torch.Generator().manual_seed(3)).to(CUDA)
     for cert in smooth.certify(x, 100, 10_000, 0.001):
         if not cert.abstained:
             assert math.isclose(cert.radius, 0.3 * cert.icdf, rel_tol=1e-6)

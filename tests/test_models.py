@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from nrs_cli.errors import NrsError
-from nrs_cli.io.models import Normalize, build_model, list_archs, load_checkpoint, model_digest, save_checkpoint
+from nrs_cli.io.architectures import list_archs
+from nrs_cli.io.models import Normalize, build_model, load_checkpoint, model_digest, save_checkpoint
 from nrs_cli.io.spec import load_spec
 
 

@@ -7,17 +7,39 @@ from typing import Any
 
 import typer
 
-DATASET_HELP = "Built-in dataset (see `nrs list datasets`) or a YAML run spec file."
-DATA_ROOT_HELP = "Folder holding the datasets (default: $NRS_DATA_ROOT, then ~/.cache/nrs/data)."
+DATASET_HELP = (
+    "Built-in dataset (see `nrs list datasets`), a YAML run spec file, or an image folder DIR/<class>/<image> "
+    "or DIR/{train,test}/<class>/<image> (no YAML needed)."
+)
+DATA_ROOT_HELP = (
+    "Folder holding the datasets, or an image folder to use as the dataset "
+    "(default: $NRS_DATA_ROOT, then ~/.cache/nrs/data)."
+)
 SET_HELP = "Override any spec field, e.g. --set train.lr_step=30 (repeatable)."
 
 # Options several commands share; each maps to the spec field in brackets.
-DATASET = typer.Option("mnist-mini", "--dataset", "-d", help=DATASET_HELP)
+DATASET = typer.Option(
+    None, "--dataset", "-d", help=DATASET_HELP + " Default: --data-root if it is an image folder, else mnist-mini."
+)
 DATA_ROOT = typer.Option(None, help=DATA_ROOT_HELP)
 RUNS_DIR = typer.Option(Path("runs"), help="Where run folders live.")
 CHECKPOINT = typer.Option(
-    None, help="Base classifier (nrs, Cohen or Salman checkpoint; default RUNS_DIR/<dataset>/base/checkpoint.pt)."
+    None,
+    help="Base classifier: torch.save(model.state_dict()) with --arch, or an nrs, Cohen or Salman checkpoint "
+    "(default RUNS_DIR/<dataset>/base/checkpoint.pt).",
 )
+ARCH = typer.Option(
+    None,
+    help="Network of the checkpoint: built-in (`nrs list archs`), torchvision:NAME (e.g. torchvision:resnet18), or "
+    "your own package.module:function, called with num_classes (this runs your code) [spec: model.arch].",
+)
+RESIZE = typer.Option(None, help="Resize every image to NxN (image folders) [spec: data.resize].")
+MEAN = typer.Option(
+    None,
+    help="Normalisation nrs puts before the network: mean per channel, comma-separated (default: the spec's; "
+    "none for image folders) [spec: data.mean].",
+)
+STD = typer.Option(None, help="Standard deviation per channel, comma-separated (see --mean) [spec: data.std].")
 SEED = typer.Option(None, help="Seed of the noise and of the data order [spec: seed].")
 PRECISION = typer.Option(None, help="fp32 or bf16 [spec: engine.precision].")
 DEVICE = typer.Option(None, help="auto, cpu, cuda or cuda:N [spec: engine.device].")
@@ -55,14 +77,37 @@ OUT_TSV = typer.Option(
 )
 
 
-def spec_from(dataset: str, options: dict[str, Any], assignments: list[str]):
-    """Load the spec; ``--set KEY=VALUE`` overrides the file, named options override both."""
-    from nrs_cli.io.spec import load_spec
+def spec_from(dataset: str | None, options: dict[str, Any], assignments: list[str], data_root: Path | None = None):
+    """Load the spec (a built-in name, a YAML file or an image folder; none: ``data_root`` if it is an
+    image folder, else mnist-mini); ``--set KEY=VALUE`` overrides the file, named options override both."""
+    from nrs_cli.io.folders import load_dataset_spec
     from nrs_cli.io.spec_files import parse_assignments
 
     overrides = parse_assignments(assignments)
     overrides.update({key: value for key, value in options.items() if value is not None})
-    return load_spec(dataset, overrides)
+    return load_dataset_spec(dataset, overrides, data_root)
+
+
+def model_options(arch: str | None, resize: int | None, mean: str | None, std: str | None) -> dict[str, Any]:
+    """Spec overrides of ``--arch``, ``--resize``, ``--mean`` and ``--std``."""
+    return {
+        "model.arch": arch,
+        "data.resize": resize,
+        "data.mean": _numbers("--mean", mean),
+        "data.std": _numbers("--std", std),
+    }
+
+
+def _numbers(option: str, text: str | None) -> list[float] | None:
+    """Comma-separated numbers, one per channel."""
+    from nrs_cli.errors import NrsError
+
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise NrsError(f"{option}: expected numbers separated by commas, one per channel, got {text!r}") from None
 
 
 def engine_options(chunk_size, batch, seed, precision, device) -> dict[str, Any]:

@@ -9,7 +9,21 @@ import typer
 from rich.table import Table
 
 from nrs_cli.cli.app import command, console, plot_app
-from nrs_cli.cli.options import DATA_ROOT, DATASET, DATASET_HELP, DEVICE, PRECISION, SET, spec_from
+from nrs_cli.cli.options import (
+    ARCH,
+    CHECKPOINT,
+    DATA_ROOT,
+    DATASET,
+    DATASET_HELP,
+    DEVICE,
+    MEAN,
+    PRECISION,
+    RESIZE,
+    SET,
+    STD,
+    model_options,
+    spec_from,
+)
 from nrs_cli.errors import NrsError
 
 
@@ -112,7 +126,8 @@ def plot_table_command(
 @command("visualize-sigma")
 def visualize_sigma_command(
     sigmas: list[Path] = typer.Argument(..., help="sigma files (from optimize-sigma)"),
-    dataset: str = DATASET,
+    dataset: Optional[str] = DATASET,
+    resize: Optional[int] = RESIZE,
     out: Path = typer.Option(Path("figures/sigma"), help="Output path without extension."),
     colorbar: bool = typer.Option(True, help="Show each image's sigma range on a colour bar."),
     columns: Optional[int] = typer.Option(None, min=1, help="Images per row of the grid."),
@@ -126,7 +141,7 @@ def visualize_sigma_command(
     from nrs_cli.method.sigma import load_sigma
     from nrs_cli.reports.sigma_images import plot_sigmas, robustness_report
 
-    spec = spec_from(dataset, {}, [])
+    spec = spec_from(dataset, {"data.resize": resize}, [])
     loaded = [load_sigma(path, spec) for path in sigmas]
     for path in plot_sigmas(loaded, out, colorbar, columns, clip=clip):
         console.print(f"wrote {path}")
@@ -139,7 +154,17 @@ def visualize_sigma_command(
 
 @command("figures")
 def figures_command(
-    datasets: list[str] = typer.Option(["mnist-mini"], "--dataset", "-d", help=DATASET_HELP + " Repeatable."),
+    datasets: list[str] = typer.Option(
+        [],
+        "--dataset",
+        "-d",
+        help=DATASET_HELP + " Repeatable; default: --data-root if it is an image folder, else mnist-mini.",
+    ),
+    checkpoint: Optional[Path] = CHECKPOINT,
+    arch: Optional[str] = ARCH,
+    resize: Optional[int] = RESIZE,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
     out: Path = typer.Option(Path("figures"), help="Folder for the figures (one sub-folder per dataset)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live (finished steps are reused)."),
     data_root: Optional[Path] = DATA_ROOT,
@@ -153,11 +178,13 @@ def figures_command(
     from nrs_cli.experiments.figures import figures_run
     from nrs_cli.io.devices import resolve_device
 
-    for name in datasets:
+    options = {"engine.device": device, "engine.precision": precision, **model_options(arch, resize, mean, std)}
+    for name in datasets or [None]:
         started = time.perf_counter()
-        spec = spec_from(name, {"engine.device": device, "engine.precision": precision}, set_)
+        spec = spec_from(name, options, set_, data_root)
         console.print(f"figures: {spec.name} -> {out / spec.name}")
-        written = figures_run(spec, data_root, runs_dir, out, resolve_device(spec.engine.device), console.print)
+        on = resolve_device(spec.engine.device)
+        written = figures_run(spec, data_root, runs_dir, out, on, console.print, checkpoint)
         console.print(f"{spec.name}: {len(written)} files in {out / spec.name} ({time.perf_counter() - started:.0f} s)")
 
 
@@ -166,8 +193,9 @@ def list_command(
     what: str = typer.Argument("datasets", help="datasets, loaders or archs"),
 ) -> None:
     """List the built-in datasets (run specs), data loaders or architectures."""
+    from nrs_cli.io import loaders  # noqa: F401 - registers the loaders
+    from nrs_cli.io.architectures import list_archs
     from nrs_cli.io.data import list_loaders
-    from nrs_cli.io.models import list_archs
     from nrs_cli.io.spec import builtin_specs, load_spec
 
     if what == "datasets":

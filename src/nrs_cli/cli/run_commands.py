@@ -11,6 +11,7 @@ from rich.table import Table
 from nrs_cli.cli.app import command, console
 from nrs_cli.cli.options import (
     ALPHA,
+    ARCH,
     BATCH_ALIAS,
     CHECKPOINT,
     CHUNK_SIZE,
@@ -22,17 +23,21 @@ from nrs_cli.cli.options import (
     INIT_STEP,
     INITS,
     INPUTS,
+    MEAN,
     NUM_SAMPLES,
     OUT_TSV,
     PRECISION,
+    RESIZE,
     RUNS_DIR,
     SEED,
     SET,
     SIGMA,
     SKIP,
     SPLIT,
+    STD,
     STOP,
     engine_options,
+    model_options,
     spec_from,
 )
 from nrs_cli.cli.progress import main_console, progress_bar, row_progress, sweep_printer
@@ -40,7 +45,7 @@ from nrs_cli.cli.progress import main_console, progress_bar, row_progress, sweep
 
 @command("train-base")
 def train_base_command(
-    dataset: str = DATASET,
+    dataset: Optional[str] = DATASET,
     data_root: Optional[Path] = DATA_ROOT,
     name: str = typer.Option("base", help="Run name: files go to RUNS_DIR/<dataset>/<name>/."),
     runs_dir: Path = RUNS_DIR,
@@ -52,7 +57,10 @@ def train_base_command(
         None,
         help="Gaussian noise augmentation: a number, or a sigma file for per-element noise [spec: train.noise_sigma].",
     ),
-    arch: Optional[str] = typer.Option(None, help="Architecture (see `nrs list archs`) [spec: model.arch]."),
+    arch: Optional[str] = ARCH,
+    resize: Optional[int] = RESIZE,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
     pretrained: Optional[bool] = typer.Option(
         None, "--pretrained/--no-pretrained", help="Start from torchvision weights [spec: model.pretrained]."
     ),
@@ -77,14 +85,14 @@ def train_base_command(
         "train.lr": lr,
         "train.optimizer": optimizer,
         "train.noise_sigma": sigma_number(noise_sigma) if noise_sigma is not None else None,
-        "model.arch": arch,
+        **model_options(arch, resize, mean, std),
         "model.pretrained": pretrained,
         "data.train_size": train_size,
         "data.download": download,
         "seed": seed,
         "engine.device": device,
     }
-    spec = spec_from(dataset, options, set_)
+    spec = spec_from(dataset, options, set_, data_root)
     job, run_dir = train_job(spec, data_root, runs_dir, name, noise_sigma)
     noise = job.noise_sigma
     console.print(
@@ -133,8 +141,12 @@ def _run_table(job, runner, describe: str) -> dict:
 @command("certify")
 def certify_command(
     sigma: Optional[str] = SIGMA,
-    dataset: str = DATASET,
+    dataset: Optional[str] = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
+    arch: Optional[str] = ARCH,
+    resize: Optional[int] = RESIZE,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
     n0: Optional[int] = typer.Option(None, help="Selection samples per input [spec: certify.n0]."),
     n: Optional[int] = NUM_SAMPLES,
     alpha: Optional[float] = ALPHA,
@@ -174,8 +186,10 @@ def certify_command(
         "certify.max": max_,
         "certify.inputs": inputs,
         **engine_options(chunk_size, batch, seed, precision, device),
+        **model_options(arch, resize, mean, std),
     }
-    job, note = smoothed_job("certify", spec_from(dataset, options, set_), data_root, checkpoint, runs_dir, sigma, out)
+    spec = spec_from(dataset, options, set_, data_root)
+    job, note = smoothed_job("certify", spec, data_root, checkpoint, runs_dir, sigma, out)
     if note:
         console.print(note)
     c = job.spec.certify
@@ -204,8 +218,12 @@ def certify_command(
 @command("predict")
 def predict_command(
     sigma: Optional[str] = SIGMA,
-    dataset: str = DATASET,
+    dataset: Optional[str] = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
+    arch: Optional[str] = ARCH,
+    resize: Optional[int] = RESIZE,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
     n: Optional[int] = NUM_SAMPLES,
     alpha: Optional[float] = ALPHA,
     chunk_size: Optional[int] = CHUNK_SIZE,
@@ -234,8 +252,10 @@ def predict_command(
         "certify.max": max_,
         "certify.inputs": inputs,
         **engine_options(chunk_size, batch, seed, precision, device),
+        **model_options(arch, resize, mean, std),
     }
-    job, note = smoothed_job("predict", spec_from(dataset, options, set_), data_root, checkpoint, runs_dir, sigma, out)
+    spec = spec_from(dataset, options, set_, data_root)
+    job, note = smoothed_job("predict", spec, data_root, checkpoint, runs_dir, sigma, out)
     if note:
         console.print(note)
     describe = f"predict: {job.spec.name} {job.spec.certify.split}, sigma {job.sigma.label}, n={job.spec.certify.n}"
@@ -251,8 +271,12 @@ def predict_command(
 
 @command("optimize-sigma")
 def optimize_sigma_command(
-    dataset: str = DATASET,
+    dataset: Optional[str] = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
+    arch: Optional[str] = ARCH,
+    resize: Optional[int] = RESIZE,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
     name: str = typer.Option("sweep", help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/."),
     init: Optional[float] = INIT,
     init_step: Optional[float] = INIT_STEP,
@@ -326,8 +350,9 @@ def optimize_sigma_command(
         "optimize.baseline_step": baseline_step,
         "data.train_size": train_size,
         **engine_options(chunk_size, batch, seed, precision, device),
+        **model_options(arch, resize, mean, std),
     }
-    spec = spec_from(dataset, options, set_)
+    spec = spec_from(dataset, options, set_, data_root)
     _run_optimization(spec, checkpoint, runs_dir, name, data_root)
 
 
@@ -373,8 +398,12 @@ def _describe_optimization(job, constants: list[float], co: bool) -> str:
 
 @command("co-optimize")
 def co_optimize_command(
-    dataset: str = DATASET,
+    dataset: Optional[str] = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
+    arch: Optional[str] = ARCH,
+    resize: Optional[int] = RESIZE,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
     name: str = typer.Option("co", help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/."),
     init: Optional[float] = INIT,
     init_step: Optional[float] = INIT_STEP,
@@ -415,5 +444,6 @@ def co_optimize_command(
         "cooptimize.sigma_steps": sigma_steps,
         "optimize.eval_max": eval_max,
         **engine_options(chunk_size, batch, seed, precision, device),
+        **model_options(arch, resize, mean, std),
     }
-    _run_optimization(spec_from(dataset, options, set_), checkpoint, runs_dir, name, data_root, co=True)
+    _run_optimization(spec_from(dataset, options, set_, data_root), checkpoint, runs_dir, name, data_root, co=True)

@@ -101,13 +101,17 @@ def figures_run(
     out_dir: str | Path,
     device: torch.device,
     say: Say = lambda message: None,
+    checkpoint: Path | None = None,
 ) -> list[Path]:
-    """Make every figure of one dataset; returns the files written."""
+    """Make every figure of one dataset (of the base classifier ``checkpoint`` if given); returns the files written."""
     spec = figures_spec(spec)
     layout = RunLayout(Path(runs_dir), spec.name)
     train_set = load_split(spec.data, "train", data_root)
     test_set = load_split(spec.data, "test", data_root)
-    checkpoint = ensure_base_classifier(spec, layout, train_set, test_set, device, say)
+    if checkpoint is not None:
+        say(f"[1/4] base classifier: {checkpoint} (given)")
+    else:
+        checkpoint = ensure_base_classifier(spec, layout, train_set, test_set, device, say)
     model, _ = load_checkpoint(checkpoint, spec)
 
     sweep_dir = layout.sweep_dir(FIGURES_RUN)

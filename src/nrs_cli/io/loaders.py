@@ -34,6 +34,7 @@ from nrs_cli.io.data import (
     resolve_data_root,
     split_labels,
 )
+from nrs_cli.io.folders import image_transform, load_dataset_spec, read_image_folder
 from nrs_cli.io.spec import DataSpec
 
 # Object types of KITTI's 2D detection labels, in the order that breaks ties
@@ -65,6 +66,16 @@ def load_split(spec: DataSpec, split: str, root: str | os.PathLike | None = None
             f"but the spec says input_shape {'x'.join(map(str, spec.input_shape))}"
         )
     return dataset
+
+
+def load_data(
+    dataset: str, split: str = "test", data_root: str | os.PathLike | None = None, resize: int | None = None
+) -> Dataset:
+    """One split of a dataset by name (built-in, YAML spec file or image folder), in the order the
+    commands use: item ``i`` is the row with ``idx`` i of a certify table. Images are float tensors
+    of pixels in [0, 1]; ``resize`` brings a folder's images to ``resize`` x ``resize``."""
+    spec = load_dataset_spec(dataset, {"data.resize": resize} if resize else None, data_root)
+    return load_split(spec.data, split, data_root)
 
 
 def _check_labels(dataset: Dataset, spec: DataSpec, split: str) -> None:
@@ -118,44 +129,6 @@ def _read_mnist_mini(spec: DataSpec, root: Path, split: str) -> Dataset:
         images = torch.from_numpy(arrays[f"{split}_images"]).unsqueeze(1).contiguous()
         labels = torch.from_numpy(arrays[f"{split}_labels"].astype(np.int64))
     return ImageTensorDataset(images, labels)
-
-
-def _image_transform(spec: DataSpec):
-    from torchvision import transforms
-
-    steps = []
-    if spec.resize is not None:
-        steps.append(transforms.Resize(spec.resize if spec.crop else (spec.resize, spec.resize), antialias=True))
-    if spec.crop is not None:
-        steps.append(transforms.CenterCrop(spec.crop))
-    if spec.input_shape[0] == 1:
-        steps.append(transforms.Grayscale())
-    steps.append(transforms.ToTensor())
-    return transforms.Compose(steps)
-
-
-def _image_folder(spec: DataSpec, folder: Path, what: str, layout: str, root: Path) -> Dataset:
-    from torchvision.datasets import ImageFolder
-
-    if not folder.is_dir():
-        raise missing_data(what, root, layout)
-    try:
-        dataset = ImageFolder(str(folder), transform=_image_transform(spec))
-    except (FileNotFoundError, RuntimeError) as err:
-        raise NrsError(f"{what}: cannot read {folder}: {err}") from None
-    if len(dataset.classes) != spec.num_classes:
-        raise NrsError(
-            f"{folder} has {len(dataset.classes)} class folders, but the spec says num_classes {spec.num_classes}"
-        )
-    return dataset
-
-
-@register_loader("imagefolder", "any folder <data-root>/<folder>/{train,test}/<class>/<image>")
-def _read_imagefolder(spec: DataSpec, root: Path, split: str) -> Dataset:
-    if spec.folder is None:
-        raise NrsError("the imagefolder loader needs data.folder in the spec (a folder under the data root)")
-    base = root / spec.folder
-    return _image_folder(spec, base / split, spec.folder, f"{base}/{{train,test}}/<class>/<image>", root)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -276,7 +249,7 @@ def _read_cifar10(spec: DataSpec, root: Path, split: str) -> Dataset:
 def _read_imagenet(spec: DataSpec, root: Path, split: str) -> Dataset:
     base = root / (spec.folder or "imagenet")
     folder = base / ("train" if split == "train" else "val")
-    return _image_folder(spec, folder, "ImageNet", f"{base}/{{train,val}}/<wnid>/<image>.JPEG", root)
+    return read_image_folder(spec, folder, "ImageNet", f"{base}/{{train,val}}/<wnid>/<image>.JPEG", root)
 
 
 class KittiClassification(Dataset):
@@ -305,7 +278,7 @@ class KittiClassification(Dataset):
         chosen = sorted(order[:num_test] if split == "test" else order[num_test:])
         self.samples = [kept[i] for i in chosen]
         self.targets = [label for _, label in self.samples]
-        self.transform = _image_transform(spec)
+        self.transform = image_transform(spec)
         self.summary = (
             f"KITTI: {len(kept)} of {len(labelled)} training images have labelled objects "
             f"({self.dropped} without any dropped); {split} split: {len(self.samples)} images"

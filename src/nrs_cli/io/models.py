@@ -1,29 +1,37 @@
-"""Architecture registry and checkpoints.
+"""Base classifiers: the model a spec describes, and the weights a file may hold (never code).
 
-A name maps to a constructor ``(input_shape, num_classes, pretrained) ->
-nn.Module``. Every base classifier is ``nn.Sequential(Normalize, network)``:
-normalisation is its first layer, so the classifier takes raw pixels in [0, 1]
-and noise, sigma and certificates all live in pixel space. The same layout is
-what Cohen et al. and Salman et al. save, so their checkpoints
-(``{"arch": ..., "state_dict": ...}`` with keys ``1.<layer>`` or
-``1.module.<layer>``) load directly.
+Every base classifier is ``nn.Sequential(Normalize, network)``: normalisation is its first layer,
+so the classifier takes raw pixels in [0, 1] and noise, sigma and certificates all live in pixel
+space (the identity unless the spec gives a mean and std). The network comes from an architecture
+name (:mod:`nrs_cli.io.architectures`). The same layout is what Cohen et al. and Salman et al.
+save, so their checkpoints (``{"arch": ..., "state_dict": ...}`` with keys ``1.<layer>`` or
+``1.module.<layer>``) load directly; so do plain state dicts of the network (bare keys, or
+DataParallel's ``module.``) once the architecture is named.
+
+Checkpoints are read weights-only (:func:`~nrs_cli.io.serialization.load_weights_only`), and a
+checkpoint may not name a factory as its architecture: nothing stored in a file runs. TorchScript
+archives and ``torch.export`` programs (``.pt2``) are refused before anything reads them: loading
+either runs code stored in the file, and ``torch.export.load`` has no safe mode.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable
+import zipfile
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from nrs_cli.errors import NrsError
+from nrs_cli.io import loaders  # noqa: F401 - registers the loaders, whose families data_family compares
+from nrs_cli.io.architectures import architecture, known_archs, torchvision_names
 from nrs_cli.io.data import data_family
+from nrs_cli.io.folders import load_dataset_spec
 from nrs_cli.io.serialization import atomic_torch_save, check_digest, load_weights_only, tensor_digest, with_digest
-from nrs_cli.io.spec import RunSpec
+from nrs_cli.io.spec import TORCHVISION_PREFIX, RunSpec, build_spec, is_factory
 from nrs_cli.version import __version__
 
 CHECKPOINT_FORMAT = "nrs-checkpoint/1"
@@ -38,153 +46,52 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-3] != len(self.mean):  # broadcasting would silently turn one channel into three
+            raise ValueError(f"inputs have {x.shape[-3]} channels, the normalisation {len(self.mean)}")
         return (x - self.mean) / self.std
-
-
-@dataclass(frozen=True)
-class Arch:
-    name: str
-    description: str
-    build: Callable[[tuple[int, ...], int, bool], nn.Module]
-
-
-_ARCHS: dict[str, Arch] = {}
-
-
-def register_arch(name: str, description: str):
-    def decorate(build):
-        _ARCHS[name] = Arch(name, description, build)
-        return build
-
-    return decorate
-
-
-def list_archs() -> dict[str, str]:
-    return {name: arch.description for name, arch in sorted(_ARCHS.items())}
-
-
-@register_arch("mnist_cnn", "the paper's MNIST / Fashion-MNIST CNN: 2 conv, max-pool, 2 fully connected")
-def mnist_cnn(input_shape: tuple[int, ...], num_classes: int, pretrained: bool = False) -> nn.Module:
-    channels, height, width = input_shape
-    flat = 64 * ((height - 4) // 2) * ((width - 4) // 2)
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(channels, 32, 3),
-            relu1=nn.ReLU(),
-            conv2=nn.Conv2d(32, 64, 3),
-            relu2=nn.ReLU(),
-            pool=nn.MaxPool2d(2),
-            dropout1=nn.Dropout(0.25),
-            flatten=nn.Flatten(),
-            fc1=nn.Linear(flat, 128),
-            relu3=nn.ReLU(),
-            dropout2=nn.Dropout(0.5),
-            fc2=nn.Linear(128, num_classes),
-        )
-    )
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (projection when the shape changes)."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
-
-
-class CifarResNet(nn.Module):
-    """ResNet for 32x32 inputs (He et al. 2016, section 4.2): depth 6n+2, widths 16/32/64.
-
-    Layer names follow the CIFAR ResNet that Cohen et al. trained, so their
-    ``cifar_resnet20`` / ``cifar_resnet110`` checkpoints load as they are.
-    """
-
-    def __init__(self, depth: int, num_classes: int, in_channels: int = 3):
-        super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError("CIFAR ResNet depth must be 6n+2")
-        blocks = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._stage(16, 16, blocks, stride=1)
-        self.layer2 = self._stage(16, 32, blocks, stride=2)
-        self.layer3 = self._stage(32, 64, blocks, stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    @staticmethod
-    def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = [BasicBlock(in_planes, planes, stride)]
-        layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-@register_arch("cifar_resnet20", "CIFAR ResNet-20 (Cohen et al.'s layout)")
-def cifar_resnet20(input_shape: tuple[int, ...], num_classes: int, pretrained: bool = False) -> nn.Module:
-    return CifarResNet(20, num_classes, input_shape[0])
-
-
-@register_arch("cifar_resnet110", "CIFAR ResNet-110 (Cohen et al.'s layout), the paper's CIFAR-10 model")
-def cifar_resnet110(input_shape: tuple[int, ...], num_classes: int, pretrained: bool = False) -> nn.Module:
-    return CifarResNet(110, num_classes, input_shape[0])
-
-
-@register_arch("resnet50", "torchvision ResNet-50 (ImageNet weights when pretrained), for ImageNet and KITTI")
-def resnet50(input_shape: tuple[int, ...], num_classes: int, pretrained: bool = False) -> nn.Module:
-    from torchvision.models import ResNet50_Weights
-    from torchvision.models import resnet50 as torchvision_resnet50
-
-    if not pretrained:
-        return torchvision_resnet50(weights=None, num_classes=num_classes)
-    try:
-        network = torchvision_resnet50(weights=ResNet50_Weights.IMAGENET1K_V1)
-    except Exception as err:  # noqa: BLE001 - offline downloads fail in many ways
-        raise NrsError(
-            f"cannot get torchvision's pretrained ResNet-50 weights ({type(err).__name__}); offline, put "
-            "resnet50-0676ba61.pth in $TORCH_HOME/hub/checkpoints, or pass --checkpoint or --no-pretrained"
-        ) from None
-    if num_classes != network.fc.out_features:
-        network.fc = nn.Linear(network.fc.in_features, num_classes)
-    return network
 
 
 def build_model(spec: RunSpec, arch: str | None = None, pretrained: bool | None = None) -> nn.Sequential:
     """A fresh base classifier for the spec's data: Normalize followed by the network.
 
-    Random initial weights come from ``spec.seed`` (without touching the global RNG).
+    ``arch`` (default ``model.arch``) is trusted: a spec's own factory can only have come from the
+    caller (:func:`~nrs_cli.io.spec.load_spec` refuses one in a file). Random initial weights come
+    from ``spec.seed`` (without touching the global RNG). The network is tried on two inputs of the
+    spec's shape, so an architecture that cannot take them fails here in one line.
     """
     name = arch or spec.model.arch
-    if name not in _ARCHS:
-        raise NrsError(f"unknown architecture '{name}' (known: {', '.join(sorted(_ARCHS))})")
+    if name is None:
+        raise NrsError(f"no architecture for {spec.name}: pass --arch ({known_archs()}) or set model.arch")
+    build = architecture(name)
     use_pretrained = spec.model.pretrained if pretrained is None else pretrained
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        network = _ARCHS[name].build(tuple(spec.data.input_shape), spec.data.num_classes, use_pretrained)
-    return nn.Sequential(Normalize(spec.data.mean, spec.data.std), network)
+        network = build(tuple(spec.data.input_shape), spec.data.num_classes, use_pretrained)
+    model = nn.Sequential(Normalize(spec.data.mean, spec.data.std), network)
+    check_outputs(model, spec.data.input_shape, spec.data.num_classes, f"{name} for {spec.name}")
+    return model
+
+
+def check_outputs(
+    model: nn.Module, input_shape: tuple[int, ...], num_classes: int, what: str, device: torch.device | None = None
+) -> None:
+    """Run the model on two zero inputs (on ``device``) in eval mode, training flags restored after: it
+    must give ``num_classes`` scores per input."""
+    modes = [(module, module.training) for module in model.modules()]
+    shape = "x".join(map(str, input_shape))
+    try:
+        with torch.inference_mode():
+            outputs = model.eval()(torch.zeros((2, *input_shape), device=device))
+    except Exception as err:  # noqa: BLE001 - any failure of a foreign network on this input
+        lines = str(err).strip().splitlines()
+        first = lines[0][:160] if lines else ""
+        raise NrsError(f"{what} cannot take {shape} inputs: {type(err).__name__}: {first}") from None
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(outputs, torch.Tensor) or tuple(outputs.shape) != (2, num_classes):
+        found = f"shape {tuple(outputs.shape)}" if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise NrsError(f"{what} returns {found} for 2 inputs of {shape}, not (2, {num_classes}) class scores")
 
 
 def model_digest(model: nn.Module) -> str:
@@ -212,46 +119,142 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: RunSpec, ar
 
 # Architecture names in Cohen et al.'s and Salman et al.'s checkpoints.
 _FOREIGN_ARCHS = {"resnet50": "resnet50", "cifar_resnet20": "cifar_resnet20", "cifar_resnet110": "cifar_resnet110"}
+# Where a checkpoint dict keeps the weights: ours and Cohen's, PyTorch's tutorials', torchvision's references'.
+_STATE_KEYS = ("state_dict", "model_state_dict", "model")
+WORKING_FORMATS = (
+    "nrs reads weights-only PyTorch files: torch.save(model.state_dict()) with --arch naming the network, "
+    "or a checkpoint {'arch', 'state_dict'} (nrs, Cohen, Salman)"
+)
 
 
 def load_checkpoint(path: str | os.PathLike, spec: RunSpec) -> tuple[nn.Sequential, dict[str, Any]]:
-    """Load a base classifier saved by nrs or by Cohen/Salman et al.
+    """Load a base classifier: an nrs or Cohen/Salman checkpoint, or a plain state dict of the network.
 
-    Returns the model (on the CPU, in eval mode) and the checkpoint's metadata.
-    Refuses files that are not weights-only, damaged ones (nrs checkpoints carry
-    a content digest), metadata of the wrong type, weights that are not finite,
-    and checkpoints made for data of another shape, class count or dataset.
+    Returns the model (on the CPU, in eval mode) and the checkpoint's metadata. The architecture
+    is the one the checkpoint names if nrs knows it (never a factory named in the file), else the
+    spec's ``model.arch`` (``--arch``). Refuses code archives (TorchScript, ``.pt2``), files that
+    are not weights-only, damaged ones (nrs checkpoints carry a content digest), metadata of the
+    wrong type, weights that are not finite, weights that do not fit the network, and nrs
+    checkpoints made for data of another shape, class count or dataset.
     """
-    payload = load_weights_only(path, "checkpoint")
-    state = _checked_state(path, payload)
-    check_digest(payload, "checkpoint", path)
-    arch = payload.get("arch")
-    if not isinstance(arch, str) or (arch not in _ARCHS and arch not in _FOREIGN_ARCHS):
-        raise NrsError(f"{path}: unknown architecture {str(arch)[:40]!r} (known: {', '.join(sorted(_ARCHS))})")
-    metadata = {key: value for key, value in payload.items() if key != "state_dict"}
-    model = build_model(spec, _FOREIGN_ARCHS.get(arch, arch), pretrained=False)
-    if payload.get("format") == CHECKPOINT_FORMAT:
-        model[0] = Normalize(*_checked_data(path, payload, spec))
+    state, metadata = read_checkpoint(path)
+    return _assembled(path, state, metadata, spec), metadata
+
+
+def _assembled(path, state: dict[str, torch.Tensor], metadata: dict[str, Any], spec: RunSpec) -> nn.Sequential:
+    """The checkpoint's network built for the spec, its weights loaded, in eval mode."""
+    name = _checkpoint_arch(path, metadata, spec)
+    model = build_model(spec, name, pretrained=False)
+    if metadata.get("format") == CHECKPOINT_FORMAT:
+        model[0] = Normalize(*_checked_data(path, metadata, spec))
+    network = model[1]
     try:
-        model.load_state_dict(state, strict=True)
+        network.load_state_dict(_fitting_keys(state, set(network.state_dict())), strict=True)
     except RuntimeError as err:
         first = str(err).split("\n")[1].strip() if "\n" in str(err) else str(err)
-        raise NrsError(f"{path} does not fit a {arch} for {spec.name}: {first[:200]}") from None
-    return model.eval(), metadata
+        raise NrsError(
+            f"{path} does not fit a {name} for {spec.name}: {first[:200]}{_arch_hint(metadata.get('arch'), name)}"
+        ) from None
+    return model.eval()
 
 
-def _checked_state(path, payload: Any) -> dict[str, torch.Tensor]:
-    """The state dict (Cohen's ``1.module.`` prefix removed), every entry a named, finite tensor."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
-        raise NrsError(f"{path} is not a model checkpoint (expected a dict with 'arch' and 'state_dict')")
-    state = {}
-    for key, value in payload["state_dict"].items():
+def _arch_hint(named: Any, built: str) -> str:
+    """What to pass when the weights do not fit the network built for them."""
+    if named == built:
+        return ""
+    if named is None:
+        return " (the file holds weights only: name their network with --arch, and their data with --dataset)"
+    suggestion = f"{TORCHVISION_PREFIX}{named}" if str(named) in torchvision_names() else "the network's name"
+    return f" (the file names the architecture {str(named)[:40]!r}, unknown to nrs: pass --arch {suggestion})"
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights in a model file and its other entries (metadata), without running anything stored in it."""
+    refuse_code_archives(path)
+    try:
+        payload = load_weights_only(path, "checkpoint")
+    except NrsError as err:
+        if not Path(path).is_file():
+            raise
+        raise NrsError(f"{err}; {WORKING_FORMATS}") from None
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return _checked_state(path, payload), {}
+    key = next((k for k in _STATE_KEYS if isinstance(payload, dict) and isinstance(payload.get(k), dict)), None)
+    if key is None:
+        raise NrsError(f"{path} is not a model checkpoint ({WORKING_FORMATS})")
+    check_digest(payload, "checkpoint", path)
+    return _checked_state(path, payload[key]), {k: v for k, v in payload.items() if k != key}
+
+
+def refuse_code_archives(path: str | os.PathLike) -> None:
+    """Refuse TorchScript archives and ``torch.export`` programs by their zip entries, before anything
+    reads them: loading either runs code stored in the file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name.replace("\\", "/") for name in archive.namelist()]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip archive: torch.load's weights-only reader decides
+    basenames = {name.rsplit("/", 1)[-1] for name in names}
+    exported = bool({"archive_format", "serialized_exported_program.json"} & basenames)  # torch >= 2.8, older
+    if exported or (Path(path).suffix == ".pt2" and "data.pkl" not in basenames):
+        raise NrsError(
+            f"{path} is a torch.export program (.pt2): nrs does not load these, since torch.export.load runs code "
+            f"stored in the file and has no safe mode; {WORKING_FORMATS}"
+        )
+    if "constants.pkl" in basenames:
+        raise NrsError(
+            f"{path} is a TorchScript archive: nrs does not load these, since they run code stored in the file; "
+            f"{WORKING_FORMATS}"
+        )
+
+
+def _checkpoint_arch(path, metadata: dict[str, Any], spec: RunSpec) -> str:
+    """The architecture to build: the checkpoint's if nrs knows it, else the spec's (``--arch``)."""
+    named, given = metadata.get("arch"), spec.model.arch
+    if named is None:
+        if given is None:
+            raise NrsError(f"{path} holds weights only: name their architecture with --arch ({known_archs()})")
+        return given
+    if not isinstance(named, str):
+        raise NrsError(f"{path}: its 'arch' is a {type(named).__name__}, not an architecture name")
+    named = _FOREIGN_ARCHS.get(named, named)
+    if named == given:
+        return named
+    if is_factory(named) or given is None:
+        architecture(named, origin=str(path))  # refuses a factory, or explains an unknown name
+    elif not _is_known(named):
+        return given  # a name nrs does not know: the caller's architecture (the error says so if it does not fit)
+    return named
+
+
+def _is_known(name: str) -> bool:
+    try:
+        architecture(name, origin="checkpoint")
+    except NrsError:
+        return False
+    return True
+
+
+def _fitting_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """The state dict with the prefix that makes its keys the network's removed: ours ``1.``, Cohen's
+    ``1.module.``, DataParallel's ``module.``, or one all keys share (a wrapper's attribute, such as
+    Lightning's ``model.``); as it is when none fits, so the error names the keys."""
+    candidates = [state]
+    shared = {key.split(".", 1)[0] for key in state}
+    for prefix in ("1.module.", "1.", "module.", *(f"{name}." for name in shared if len(shared) == 1)):
+        if all(key.startswith(prefix) for key in state):
+            candidates.append({key[len(prefix) :]: value for key, value in state.items()})
+    return next((c for c in candidates if set(c) == expected), candidates[-1])
+
+
+def _checked_state(path, state: dict[Any, Any]) -> dict[str, torch.Tensor]:
+    """Every entry of a state dict a named, dense, finite tensor."""
+    for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor) or value.layout != torch.strided:
             raise NrsError(f"{path}: the state dict holds {type(key).__name__} {str(key)[:40]!r}, not a named tensor")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise NrsError(f"{path}: the weights {key} are not finite (NaN or infinity)")
-        state[key.replace("1.module.", "1.", 1)] = value
-    return state
+    return dict(state)
 
 
 def _shape_text(shape: Any) -> str:
@@ -280,3 +283,41 @@ def _checked_data(path, payload: dict[str, Any], spec: RunSpec) -> tuple[tuple[f
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in std):
         raise NrsError(f"{path}: its std must be positive numbers, got {str(std)[:60]}")
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def load_model(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    dataset: str | None = None,
+) -> nn.Sequential:
+    """A base classifier from a file, for Python: ``Normalize`` then the network, on the CPU, in eval mode.
+
+    ``arch`` names the network of a plain state dict: a built-in name, ``torchvision:NAME``, or
+    your own ``package.module:function`` (imported and called: it runs your code). Say what the
+    model classifies with ``dataset`` (a built-in name, a YAML spec or an image folder: exactly the
+    model the commands load) or with ``num_classes`` and ``input_shape``; an nrs checkpoint says it
+    itself. The normalisation is the identity unless ``mean`` and ``std`` (per channel) or the
+    dataset give one.
+    """
+    state, metadata = read_checkpoint(path)
+    given = {"model.arch": arch, "data.mean": mean, "data.std": std}
+    overrides = {key: list(v) if isinstance(v, tuple) else v for key, v in given.items() if v is not None}
+    if dataset is not None:
+        spec = load_dataset_spec(dataset, overrides)
+    else:
+        num_classes = num_classes or metadata.get("num_classes")
+        input_shape = input_shape or metadata.get("input_shape")
+        if num_classes is None or input_shape is None:
+            raise NrsError(
+                "load_model: say what the model classifies: dataset= (a built-in name, a YAML spec or an image "
+                "folder), or num_classes= and input_shape="
+            )
+        channels = len(input_shape) and input_shape[0]
+        data = {"loader": str(metadata.get("loader", "imagefolder")), "input_shape": list(input_shape)}
+        data |= {"num_classes": num_classes, "mean": [0.0] * channels, "std": [1.0] * channels}
+        spec = build_spec({"name": "model", "data": data}, "load_model", overrides)
+    return _assembled(path, state, metadata, spec)

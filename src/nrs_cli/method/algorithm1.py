@@ -106,7 +106,7 @@ def evaluate_sigma(
     """
     o = spec.optimize
     mine = indices[collective.rank :: collective.world]
-    smooth = Smooth(engine, sigma, spec.seed)
+    smooth = Smooth.from_engine(engine, sigma, spec.seed)
     group = inputs_per_group(engine.chunk_size, o.eval_n0, o.eval_n)
     outcomes: list[tuple[bool, float, float, float]] = []
     for batch, images, labels in iterate_batches(dataset, mine, group):

@@ -24,7 +24,9 @@ on the batch or chunk size.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -55,6 +57,25 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+@contextlib.contextmanager
+def borrowed(model: nn.Module, freeze: bool = False) -> Iterator[nn.Module]:
+    """A caller's model, lent to the engine as it is (device, dtype, memory format untouched): in eval
+    mode, and with ``freeze`` its parameters' ``requires_grad`` off (so no gradient reaches them);
+    every module's training flag and every parameter's flag are restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()] if freeze else []
+    try:
+        model.eval()
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+        for parameter, requires_grad in flags:
+            parameter.requires_grad_(requires_grad)
 
 
 def choose_chunk_size(model: nn.Module, input_shape: tuple[int, ...], device: torch.device, precision: str) -> int:

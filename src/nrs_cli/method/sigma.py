@@ -126,15 +126,16 @@ def parse_sigma(text: str | float, spec: RunSpec) -> Sigma:
     return constant_sigma(value, spec.data.input_shape)
 
 
-def load_sigma(path: str | os.PathLike, spec: RunSpec) -> Sigma:
-    """Read a sigma file and check it against the spec's input shape."""
+def load_sigma(path: str | os.PathLike, spec: RunSpec | None = None) -> Sigma:
+    """Read a sigma file and check it: against the spec's input shape, or without a spec its values alone."""
     payload = load_weights_only(path, "sigma file")
     if isinstance(payload, torch.Tensor):
         payload = {"sigma": payload}
     if not isinstance(payload, dict) or not isinstance(payload.get("sigma"), torch.Tensor):
         raise NrsError(f"{path} is not a sigma file (expected a tensor or a dict with a 'sigma' tensor)")
     check_digest(payload, "sigma file", path)
-    values = validate_sigma(payload["sigma"], spec.data.input_shape, str(path), spec.name)
+    shape, dataset = (spec.data.input_shape, spec.name) if spec else (tuple(payload["sigma"].shape), "the")
+    values = validate_sigma(payload["sigma"], shape, str(path), dataset)
     metadata = {key: value for key, value in payload.items() if key != "sigma"}
     return Sigma(values, Path(path).stem, metadata, str(path))
 

@@ -110,7 +110,7 @@ def certify_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, 
     check_options(o.n0, o.n, o.alpha, o.bound)
 
     def evaluate(smooth: Smooth, images: torch.Tensor, indices: list[int]) -> list[dict[str, Any]]:
-        return [c.cells() for c in smooth.certify(images, o.n0, o.n, o.alpha, o.bound, indices)]
+        return [c.cells() for c in smooth.certify(images, o.n0, o.n, o.alpha, bound=o.bound, indices=indices)]
 
     options = {"n0": o.n0, "n": o.n, "alpha": o.alpha, "bound": o.bound}
     kind = TableKind(CERTIFY_SCHEMA, options, o.n0, o.n0 + o.n, evaluate)
@@ -133,7 +133,7 @@ def predict_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, 
     check_options(1, o.n, o.alpha)
 
     def evaluate(smooth: Smooth, images: torch.Tensor, indices: list[int]) -> list[dict[str, Any]]:
-        return [{"predict": p} for p in smooth.predict(images, o.n, o.alpha, indices)]
+        return [{"predict": p} for p in smooth.predict(images, o.n, o.alpha, indices=indices)]
 
     options = {"n": o.n, "alpha": o.alpha}
     kind = TableKind(PREDICT_SCHEMA, options, o.n, o.n, evaluate)
@@ -270,7 +270,7 @@ def _fill_table(
     done: int,
 ) -> int:
     """Evaluate the inputs still to do, a group at a time, appending each group's rows; returns how many."""
-    smooth = Smooth(engine, job.sigma, job.spec.seed)
+    smooth = Smooth.from_engine(engine, job.sigma, job.spec.seed)
     group = inputs_per_group(engine.chunk_size, kind.selection_samples, kind.samples_per_input)
     processed = 0
     for indices, images, labels in iterate_batches(job.dataset, todo, group, job.spec.data.workers):
