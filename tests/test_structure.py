@@ -26,7 +26,7 @@ LAYERS = {
     "runs": ["train", "certification", "optimization", "sweep", "cooptimize", "jobs"],
     "reports": ["metrics", "style", "result_files", "plots", "tables", "sigma_images"],
     "experiments": ["figures", "compare"],
-    "cli": ["app", "options", "progress", "run_commands", "report_commands"],
+    "cli": ["manual", "app", "options", "progress", "run_commands", "report_commands"],
 }  # fmt: skip
 TOP = ["__init__", "__main__"]  # the public API and `python -m nrs_cli`
 MAX_BODY_LINES = 60

@@ -9,28 +9,47 @@ import typer
 from rich.table import Table
 
 from nrs_cli.cli.app import command, console
+from nrs_cli.cli.manual import Panel
 from nrs_cli.cli.options import (
     ALPHA,
+    BASELINE,
+    BASELINE_STEP,
     BATCH_ALIAS,
+    CAP_P_HAT,
     CHECKPOINT,
     CHUNK_SIZE,
     DATA_ROOT,
     DATASET,
     DEVICE,
+    EVAL_ALPHA,
     EVAL_MAX,
+    EVAL_N,
+    EVAL_N0,
+    FINETUNE_LR,
+    FINETUNE_STEPS,
     INIT,
     INIT_STEP,
     INITS,
+    LR_DECAY,
     NUM_SAMPLES,
+    OPTIMIZE_BATCH_SIZE,
+    OPTIMIZE_LR,
+    OPTIMIZE_N0,
+    OPTIMIZE_STEPS,
     OUT_TSV,
     PRECISION,
+    ROUNDS,
     RUNS_DIR,
     SEED,
     SET,
     SIGMA,
+    SIGMA_STEPS,
     SKIP,
     SPLIT,
     STOP,
+    SUB_EPOCHS,
+    TRAIN_PRECISION,
+    TRAIN_SIZE,
     engine_options,
     spec_from,
 )
@@ -41,27 +60,47 @@ from nrs_cli.cli.progress import main_console, progress_bar, row_progress, sweep
 def train_base_command(
     dataset: str = DATASET,
     data_root: Optional[Path] = DATA_ROOT,
-    name: str = typer.Option("base", help="Run name: files go to RUNS_DIR/<dataset>/<name>/."),
+    name: str = typer.Option(
+        "base", metavar="NAME", help="Run name: files go to RUNS_DIR/<dataset>/<name>/.", rich_help_panel=Panel.OUTPUT
+    ),
     runs_dir: Path = RUNS_DIR,
-    epochs: Optional[int] = typer.Option(None, help="Training epochs [spec: train.epochs]."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step [spec: train.batch_size]."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate [spec: train.lr]."),
-    optimizer: Optional[str] = typer.Option(None, help="adam or sgd [spec: train.optimizer]."),
+    epochs: Optional[int] = typer.Option(
+        None, help="Training epochs [spec: train.epochs].", rich_help_panel=Panel.TRAINING
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Images per step [spec: train.batch_size].", rich_help_panel=Panel.TRAINING
+    ),
+    lr: Optional[float] = typer.Option(None, help="Learning rate [spec: train.lr].", rich_help_panel=Panel.TRAINING),
+    optimizer: Optional[str] = typer.Option(
+        None, metavar="adam|sgd", help="Optimizer [spec: train.optimizer].", rich_help_panel=Panel.TRAINING
+    ),
     noise_sigma: Optional[str] = typer.Option(
         None,
+        metavar="SIGMA",
         help="Gaussian noise augmentation: a number, or a sigma file for per-element noise [spec: train.noise_sigma].",
+        rich_help_panel=Panel.TRAINING,
     ),
-    arch: Optional[str] = typer.Option(None, help="Architecture (see `nrs list archs`) [spec: model.arch]."),
+    arch: Optional[str] = typer.Option(
+        None,
+        metavar="ARCH",
+        help="Architecture (see `nrs list archs`) [spec: model.arch].",
+        rich_help_panel=Panel.MODEL,
+    ),
     pretrained: Optional[bool] = typer.Option(
-        None, "--pretrained/--no-pretrained", help="Start from torchvision weights [spec: model.pretrained]."
+        None,
+        "--pretrained/--no-pretrained",
+        help="Start from torchvision weights [spec: model.pretrained].",
+        rich_help_panel=Panel.MODEL,
     ),
-    train_size: Optional[int] = typer.Option(
-        None, help="Use a seeded subset of the train split [spec: data.train_size]."
-    ),
+    train_size: Optional[int] = TRAIN_SIZE,
     download: Optional[bool] = typer.Option(
-        None, "--download/--no-download", help="Let torchvision download missing data [spec: data.download]."
+        None,
+        "--download/--no-download",
+        help="Let torchvision download missing data [spec: data.download].",
+        rich_help_panel=Panel.DATA,
     ),
     seed: Optional[int] = SEED,
+    precision: Optional[str] = TRAIN_PRECISION,
     device: Optional[str] = DEVICE,
     set_: list[str] = SET,
 ) -> None:
@@ -81,6 +120,7 @@ def train_base_command(
         "data.train_size": train_size,
         "data.download": download,
         "seed": seed,
+        "train.precision": precision,
         "engine.device": device,
     }
     spec = spec_from(dataset, options, set_)
@@ -134,11 +174,16 @@ def certify_command(
     sigma: Optional[str] = SIGMA,
     dataset: str = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
-    n0: Optional[int] = typer.Option(None, help="Selection samples per input [spec: certify.n0]."),
+    n0: Optional[int] = typer.Option(
+        None, help="Selection samples per input [spec: certify.n0].", rich_help_panel=Panel.SAMPLING
+    ),
     n: Optional[int] = NUM_SAMPLES,
     alpha: Optional[float] = ALPHA,
     bound: Optional[str] = typer.Option(
-        None, help="one-sided (Cohen et al.) or two-sided (also bounds the runner-up) [spec: certify.bound]."
+        None,
+        metavar="one-sided|two-sided",
+        help="Cohen et al.'s bound, or one that also bounds the runner-up [spec: certify.bound].",
+        rich_help_panel=Panel.SAMPLING,
     ),
     chunk_size: Optional[int] = CHUNK_SIZE,
     batch: Optional[int] = BATCH_ALIAS,
@@ -248,45 +293,29 @@ def predict_command(
 def optimize_sigma_command(
     dataset: str = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
-    name: str = typer.Option("sweep", help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/."),
+    name: str = typer.Option(
+        "sweep",
+        metavar="NAME",
+        help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/.",
+        rich_help_panel=Panel.OUTPUT,
+    ),
     init: Optional[float] = INIT,
     init_step: Optional[float] = INIT_STEP,
     inits: Optional[int] = INITS,
-    sub_epochs: Optional[int] = typer.Option(
-        None, help="Sub-epochs per constant, evaluated after each [spec: optimize.sub_epochs]."
-    ),
-    steps: Optional[int] = typer.Option(
-        None, help="Steps per sub-epoch; 0 is one pass over the train split [spec: optimize.steps_per_sub_epoch]."
-    ),
-    batch_size: Optional[int] = typer.Option(None, help="Inputs per step [spec: optimize.batch_size]."),
-    n0: Optional[int] = typer.Option(None, help="Noise samples per input per step [spec: optimize.n0]."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate on log(sigma) [spec: optimize.lr]."),
-    lr_decay: Optional[float] = typer.Option(
-        None, help="Learning-rate factor per sub-epoch [spec: optimize.lr_decay]."
-    ),
-    cap_p_hat: Optional[bool] = typer.Option(
-        None,
-        "--cap-p-hat/--no-cap-p-hat",
-        help="Clamp p_hat at alpha^(1/n) of the evaluation, beyond which CERTIFY's bound cannot grow "
-        "[spec: optimize.cap_p_hat].",
-    ),
-    eval_n0: Optional[int] = typer.Option(None, help="CERTIFY n0 of the evaluations [spec: optimize.eval_n0]."),
-    eval_n: Optional[int] = typer.Option(None, help="CERTIFY n of the evaluations [spec: optimize.eval_n]."),
-    eval_alpha: Optional[float] = typer.Option(
-        None, help="CERTIFY alpha of the evaluations [spec: optimize.eval_alpha]."
-    ),
+    sub_epochs: Optional[int] = SUB_EPOCHS,
+    steps: Optional[int] = OPTIMIZE_STEPS,
+    batch_size: Optional[int] = OPTIMIZE_BATCH_SIZE,
+    n0: Optional[int] = OPTIMIZE_N0,
+    lr: Optional[float] = OPTIMIZE_LR,
+    lr_decay: Optional[float] = LR_DECAY,
+    cap_p_hat: Optional[bool] = CAP_P_HAT,
+    eval_n0: Optional[int] = EVAL_N0,
+    eval_n: Optional[int] = EVAL_N,
+    eval_alpha: Optional[float] = EVAL_ALPHA,
     eval_max: Optional[int] = EVAL_MAX,
-    baseline: Optional[bool] = typer.Option(
-        None,
-        "--baseline/--no-baseline",
-        help="Also evaluate isotropic sigma at every constant [spec: optimize.baseline].",
-    ),
-    baseline_step: Optional[float] = typer.Option(
-        None, help="Spacing of the isotropic baseline constants (default: init step) [spec: optimize.baseline_step]."
-    ),
-    train_size: Optional[int] = typer.Option(
-        None, help="Use a seeded subset of the train split [spec: data.train_size]."
-    ),
+    baseline: Optional[bool] = BASELINE,
+    baseline_step: Optional[float] = BASELINE_STEP,
+    train_size: Optional[int] = TRAIN_SIZE,
     chunk_size: Optional[int] = CHUNK_SIZE,
     batch: Optional[int] = BATCH_ALIAS,
     seed: Optional[int] = SEED,
@@ -370,21 +399,21 @@ def _describe_optimization(job, constants: list[float], co: bool) -> str:
 def co_optimize_command(
     dataset: str = DATASET,
     checkpoint: Optional[Path] = CHECKPOINT,
-    name: str = typer.Option("co", help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/."),
+    name: str = typer.Option(
+        "co",
+        metavar="NAME",
+        help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/.",
+        rich_help_panel=Panel.OUTPUT,
+    ),
     init: Optional[float] = INIT,
     init_step: Optional[float] = INIT_STEP,
     inits: Optional[int] = INITS,
-    rounds: Optional[int] = typer.Option(
-        None, help="Rounds per constant, evaluated after each [spec: cooptimize.rounds]."
-    ),
-    finetune_steps: Optional[int] = typer.Option(
-        None, help="Training steps under the current sigma per round [spec: cooptimize.finetune_steps]."
-    ),
-    finetune_lr: Optional[float] = typer.Option(
-        None, help="Adam learning rate of the network [spec: cooptimize.finetune_lr]."
-    ),
-    sigma_steps: Optional[int] = typer.Option(None, help="Algorithm 1 steps per round [spec: cooptimize.sigma_steps]."),
+    rounds: Optional[int] = ROUNDS,
+    finetune_steps: Optional[int] = FINETUNE_STEPS,
+    finetune_lr: Optional[float] = FINETUNE_LR,
+    sigma_steps: Optional[int] = SIGMA_STEPS,
     eval_max: Optional[int] = EVAL_MAX,
+    train_size: Optional[int] = TRAIN_SIZE,
     chunk_size: Optional[int] = CHUNK_SIZE,
     batch: Optional[int] = BATCH_ALIAS,
     seed: Optional[int] = SEED,
@@ -409,6 +438,7 @@ def co_optimize_command(
         "cooptimize.finetune_lr": finetune_lr,
         "cooptimize.sigma_steps": sigma_steps,
         "optimize.eval_max": eval_max,
+        "data.train_size": train_size,
         **engine_options(chunk_size, batch, seed, precision, device),
     }
     _run_optimization(spec_from(dataset, options, set_), checkpoint, runs_dir, name, data_root, co=True)
