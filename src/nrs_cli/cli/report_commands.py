@@ -157,7 +157,7 @@ def visualize_sigma_command(
     dataset: str = DATASET,
     out: Path = _out_stem("figures/sigma"),
     colorbar: bool = typer.Option(
-        True, help="Show each image's sigma range on a colour bar.", rich_help_panel=Panel.FIGURE
+        True, help="Show the sigma scale, one for all images, on a colour bar.", rich_help_panel=Panel.FIGURE
     ),
     columns: Optional[int] = typer.Option(
         None, min=1, help="Images per row of the grid.", rich_help_panel=Panel.FIGURE
@@ -175,7 +175,7 @@ def visualize_sigma_command(
         rich_help_panel=Panel.OUTPUT,
     ),
 ) -> None:
-    """Draw sigma files as images, scaled linearly across all channels (paper Fig 3)."""
+    """Draw sigma files as images on one linear scale, across all channels and all files (paper Fig 3)."""
     from nrs_cli.io.serialization import atomic_write_text
     from nrs_cli.method.sigma import load_sigma
     from nrs_cli.reports.sigma_images import plot_sigmas, robustness_report
