@@ -23,7 +23,7 @@ LAYERS = {
     "io": ["collective", "spec_files", "spec", "serialization", "runstate", "tables", "devices", "distributed", "data",
            "loaders", "models", "layout"],
     "method": ["noise", "sigma", "sampling", "certificate", "smooth", "algorithm1", "fronts"],
-    "runs": ["train", "certification", "optimization", "sweep", "cooptimize", "jobs"],
+    "runs": ["train", "certification", "work", "optimization", "sweep", "cooptimize", "jobs"],
     "reports": ["metrics", "style", "result_files", "plots", "tables", "sigma_images"],
     "experiments": ["figures", "compare"],
     "cli": ["manual", "app", "options", "progress", "run_commands", "report_commands"],
