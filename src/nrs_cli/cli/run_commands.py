@@ -136,17 +136,18 @@ def train_base_command(
         if note:
             console.print(note)
     with progress_bar() as progress:
-        task = progress.add_task("epoch 1", total=None)
+        task = progress.add_task("epoch 1", total=None, unit="batches")
 
         def on_batch(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
         def on_epoch(metrics) -> None:
-            progress.update(task, description=f"epoch {metrics.epoch + 1}", completed=0)
             console.print(
                 f"epoch {metrics.epoch}/{spec.train.epochs}  loss {metrics.train_loss:.4f}  "
                 f"train {metrics.train_accuracy:.1%}  test {metrics.test_accuracy:.1%}  {metrics.seconds:.1f} s"
             )
+            if metrics.epoch < spec.train.epochs:
+                progress.reset(task, description=f"epoch {metrics.epoch + 1}", total=None)
 
         result = train_base_run(job, run_dir, on_batch, on_epoch)
     if result.epochs_run < len(result.history):
@@ -165,7 +166,12 @@ def _run_table(job, runner, describe: str) -> dict:
         processes = f" x {world} processes" if world > 1 else ""
         say.print(f"{describe}, {job.spec.engine.precision} on {job.device}{processes} -> {job.out}")
         with progress_bar(say) as progress:
-            summary = runner(job, row_progress(progress, "inputs"))
+            summary = runner(job, row_progress(say, progress, describe.partition(":")[0]))
+    if summary.get("answered_from_rows"):
+        say.print(
+            f"answered from the first {summary['inputs']} of the {summary['answered_from_rows']} rows already in "
+            f"{job.out} (no file changed)"
+        )
     return summary if job.collective.is_main else {}
 
 
