@@ -2,8 +2,8 @@
 
 On a terminal a progress bar shows the done fraction, the work done of the total, the time
 elapsed and the time left; when the output goes elsewhere (a pipe, a log file), where a bar
-would show nothing, the same facts are a plain line every :data:`LINE_INTERVAL` seconds (and
-one as soon as the total is known). The time left is the average pace since the bar started
+would show nothing, the same facts are a plain line every :data:`LINE_INTERVAL` seconds, one
+as soon as the total is known and one when it is reached. The time left is the average pace since the bar started
 applied to the work left, estimated at every report and counting down in between: it is there
 from the first report and does not swing with the cost of the current step.
 """
