@@ -142,7 +142,8 @@ def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
     assert 5 <= written < 60
     with open(out, "a") as handle:
         handle.write("17\t3\t3\t0.1")  # and a half-written row, as if killed mid-line
-    assert certify(run_cli, trained_mini, out, "--sigma", 0.25, "--n0", 20, "--n", 400, "--max", 60).code == 0
+    resumed = certify(run_cli, trained_mini, out, "--sigma", 0.25, "--n0", 20, "--n", 400, "--max", 60)
+    assert resumed.code == 0 and f"resuming after row {written} of 60\n" in resumed.stdout
     assert without_time(out) == without_time(full)
     assert json.loads((tmp_path / "killed.manifest.json").read_text())["resumed"]
 
@@ -165,11 +166,12 @@ def test_resume_refuses_other_sigma_model_or_options_and_keeps_the_file(run_cli,
     before = out.read_bytes()
     spec = load_spec("mnist-mini")
     save_checkpoint(tmp_path / "other.pt", build_model(spec), spec, "mnist_cnn")
-    attempts = [
-        (["--sigma", 0.5, *QUICK], "sigma_sha256"),
-        (["--sigma", 0.25, "--n0", 20, "--n", 101, "--max", 12], "n"),
-        (["--sigma", 0.25, "--seed", 9, *QUICK], "seed"),
-        (["--sigma", 0.25, "--precision", "bf16", *QUICK], "precision"),
+    attempts = [  # each refusal names the field with its old and new value
+        (["--sigma", 0.5, *QUICK], "sigma_sha256 ("),
+        (["--sigma", 0.25, "--n0", 20, "--n", 101, "--max", 12], "n (100 → 101)"),
+        (["--sigma", 0.25, "--seed", 9, *QUICK], "seed (0 → 9)"),
+        (["--sigma", 0.25, "--precision", "bf16", *QUICK], "precision ('fp32' → 'bf16')"),
+        (["--sigma", 0.25, "--n0", 20, "--n", 101, "--max", 5], "n (100 → 101)"),  # a smaller max too
     ]
     for args, differs in attempts:
         result = certify(run_cli, trained_mini, out, *args)
@@ -185,6 +187,20 @@ def test_longer_max_extends_a_finished_table(run_cli, trained_mini, tmp_path):
     assert certify(run_cli, trained_mini, out, "--sigma", 0.25, "--n0", 20, "--n", 100, "--max", 12).code == 0
     assert certify(run_cli, trained_mini, tmp_path / "once.tsv", "--sigma", 0.25, *QUICK).code == 0
     assert without_time(out) == without_time(tmp_path / "once.tsv")
+
+
+def test_a_smaller_max_is_answered_from_the_rows_already_there(run_cli, trained_mini, tmp_path):
+    for command in ("certify", "predict"):
+        out = tmp_path / f"{command}.tsv"
+        args = [command, "--checkpoint", trained_mini / "checkpoint.pt", "--out", out, "--sigma", 0.25, "--n", 100]
+        assert run_cli(*args, "--max", 12).code == 0
+        files = {path: path.read_bytes() for path in tmp_path.iterdir()}
+        result = run_cli(*args, "--max", 5)
+        assert result.code == 0, result.stderr
+        assert f"answered from the first 5 of the 12 rows already in {out} (no file changed)" in result.stdout
+        correct = sum(row["correct"] == "1" for row in read_results(out)[:5])
+        assert f"({correct}/5)" in result.stdout  # the summary of the first five inputs
+        assert {path: path.read_bytes() for path in tmp_path.iterdir()} == files
 
 
 def bad_sigma_file(tmp_path, name, values):

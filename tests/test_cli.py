@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import signal
 import time
@@ -22,21 +23,58 @@ def test_list_shows_every_registry(run_cli):
     assert wrong.code == 2 and "expected datasets, loaders or archs" in wrong.stderr
 
 
-def test_version_and_subcommand_help(run_cli):
+def every_command() -> list[list[str]]:
+    """The path of every command ``nrs`` has (``["plot", "table"]``), groups walked."""
+    import typer
+
+    from nrs_cli.cli.app import app
+
+    def walk(group, path):
+        for name, command in group.commands.items():
+            yield from walk(command, [*path, name]) if hasattr(command, "commands") else [[*path, name]]
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_every_command_help_groups_its_options_into_panels_with_readable_placeholders(run_cli):
+    from nrs_cli.cli.manual import PANELS
+
     assert __version__ in run_cli("--version").stdout
-    for command in (
-        ["train-base"],
-        ["certify"],
-        ["predict"],
-        ["optimize-sigma"],
-        ["visualize-sigma"],
-        ["figures"],
-        ["plot", "certified-accuracy"],
-        ["plot", "clean-accuracy"],
-        ["plot", "table"],
-    ):
+    commands = every_command()
+    assert len(commands) == 13 and ["plot", "table"] in commands and ["spec", "new"] in commands
+    for command in commands:
         result = run_cli(*command, "--help")
-        assert result.code == 0 and "Usage: nrs" in result.stdout, command
+        assert result.code == 0 and result.stdout.startswith(f"Usage: nrs {' '.join(command)} "), command
+        text = result.stdout
+        for raw in ("<int>", "<str>", "<path>", "<float", "<list[", "{", "TEXT...", "PATH..."):
+            assert raw not in text, (command, raw)
+        sections = re.findall(r"^(\S[^:\n]*):$", text, flags=re.MULTILINE)
+        assert sections and sections[-1] == "Other options", (command, sections)
+        assert set(sections) - {"Arguments", "Other options"} <= set(PANELS), (command, sections)
+        other = text.split("Other options:\n", 1)[1]
+        assert re.findall(r"^  (-\S+)", other, flags=re.MULTILINE) == ["--help"], (command, other)
+    seeded = {" ".join(c) for c in commands if "--seed N" in run_cli(*c, "--help").stdout}
+    assert seeded == {"train-base", "certify", "predict", "optimize-sigma", "co-optimize", "figures", "compare"}
+
+
+def test_nrs_help_lists_every_command_in_order_with_its_whole_summary(run_cli):
+    from nrs_cli.cli.manual import COMMAND_ORDER
+
+    text = run_cli("--help").stdout
+    listed = text.split("Commands:\n", 1)[1]
+    names = re.findall(r"^  (\S+)", listed, flags=re.MULTILINE)
+    assert names == list(COMMAND_ORDER)
+    flat = " ".join(listed.split())
+    for summary in (
+        "Co-optimise the network and a per-element sigma: rounds of fine-tuning under the current sigma and "
+        "Algorithm 1 on the frozen network, from each constant sigma (beyond the paper).",
+        "Certify the smoothed classifier on a split (CERTIFY with the ellipsoid of Theorem 3.1).",
+        "Draw the paper's figures and tables from result files (PNG and PDF).",
+    ):
+        assert summary in flat
+    assert "..." not in listed
+    plot = run_cli("plot", "--help").stdout
+    assert "Certified accuracy at chosen thresholds, as Markdown and LaTeX tables." in " ".join(plot.split())
 
 
 def test_usage_errors_exit_2(run_cli):

@@ -8,12 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from nrs_cli.errors import NrsError
 from nrs_cli.io.data import ImageTensorDataset
 from nrs_cli.io.loaders import load_split
 from nrs_cli.io.models import load_checkpoint
 from nrs_cli.io.spec import load_spec
 from nrs_cli.runs.cooptimize import cooptimize_run, finetune_under_noise
 from nrs_cli.runs.optimization import OptimizeContext, OptimizeJob, PointDone, read_metrics
+from nrs_cli.runs.work import BACKWARD_COST, Progress, Started
 
 HALVES = {
     "data.input_shape": [1, 4, 4],
@@ -77,8 +79,8 @@ class Stop(Exception):
     pass
 
 
-def tiny_cooptimize(trained_mini, run_dir, on_event=None):
-    spec = load_spec("mnist-mini", TINY)
+def tiny_cooptimize(trained_mini, run_dir, on_event=None, rounds=2):
+    spec = load_spec("mnist-mini", {**TINY, "cooptimize.rounds": rounds})
     model, _ = load_checkpoint(trained_mini / "checkpoint.pt", spec)
     train, test = load_split(spec.data, "train"), load_split(spec.data, "test")
     job = OptimizeJob(spec, model, train, test, run_dir, torch.device("cpu"), str(trained_mini / "checkpoint.pt"))
@@ -86,16 +88,25 @@ def tiny_cooptimize(trained_mini, run_dir, on_event=None):
 
 
 def test_resumed_cooptimisation_ends_with_the_same_network_and_sigma(trained_mini, tmp_path):
-    whole = tiny_cooptimize(trained_mini, tmp_path / "whole")
+    events = []
+    whole = tiny_cooptimize(trained_mini, tmp_path / "whole", events.append)
+    # two rounds of three fine-tuning steps, two steps of Algorithm 1 and an evaluation, in noisy samples
+    round_work = 3 * 16 * BACKWARD_COST + 2 * 16 * 4 * BACKWARD_COST + 8 * (8 + 32)
+    assert events[0] == Started(2 * round_work, 0, "")
+    assert [event.done for event in events if isinstance(event, Progress)][-1] == 2 * round_work
+    seen = []
 
     def interrupt(event):
+        seen.append(event)
         if isinstance(event, PointDone):
             raise Stop  # after the first round was saved
 
     with pytest.raises(Stop):
         tiny_cooptimize(trained_mini, tmp_path / "cut", interrupt)
     assert len(read_metrics(tmp_path / "cut")) == 1
-    resumed = tiny_cooptimize(trained_mini, tmp_path / "cut")
+    events = []
+    resumed = tiny_cooptimize(trained_mini, tmp_path / "cut", events.append)
+    assert events[0] == Started(2 * round_work, round_work, "after round 1 of init 1 (σ = 0.3)")
     without_time = [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.rows]
     assert without_time == [{k: v for k, v in r.items() if k != "seconds"} for r in whole.rows]
     assert [r["method"] for r in whole.rows] == ["co-optimized", "co-optimized"]
@@ -109,6 +120,8 @@ def test_resumed_cooptimisation_ends_with_the_same_network_and_sigma(trained_min
     base = torch.load(trained_mini / "checkpoint.pt", weights_only=True)["state_dict"]
     tuned = torch.load(tmp_path / "whole" / "checkpoints/init00-0.3_round02.pt", weights_only=True)["state_dict"]
     assert not all(torch.equal(base[k], tuned[k]) for k in base)  # the network did change
+    with pytest.raises(NrsError, match=r"a different cooptimize\.rounds \(2 → 3\)"):  # other settings: refused
+        tiny_cooptimize(trained_mini, tmp_path / "whole", rounds=3)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from nrs_cli.method.noise import GaussianNoise
 from nrs_cli.method.sigma import SIGMA_BOUNDS, load_sigma
 from nrs_cli.runs.optimization import OptimizeJob, PointDone, batch_stream, read_metrics
 from nrs_cli.runs.sweep import run_sweep, sweep_summary
+from nrs_cli.runs.work import BACKWARD_COST, Progress, Started
 
 
 def half_blind_model():
@@ -240,8 +241,17 @@ class Stop(KeyboardInterrupt):
     pass
 
 
-def test_resumed_sweep_ends_with_the_same_sigma(trained_mini, tmp_path):
-    whole = tiny_sweep(trained_mini, tmp_path / "whole")
+def test_resumed_sweep_ends_with_the_same_sigma_and_its_progress_where_it_stopped(trained_mini, tmp_path):
+    events = []
+    whole = tiny_sweep(trained_mini, tmp_path / "whole", events.append)
+    # the work of the whole sweep in noisy samples, known from the start: two isotropic evaluations, then
+    # for each of two inits two sub-epochs of two steps of Algorithm 1 (backward passes count 3x), each evaluated
+    evaluation, step = 12 * (8 + 24), 8 * 4 * BACKWARD_COST
+    total = 2 * evaluation + 2 * 2 * (2 * step + evaluation)
+    assert events[0] == Started(total, 0, "")
+    done = [event.done for event in events if isinstance(event, Progress)]
+    assert done == sorted(done) and done[-1] == total
+    assert isinstance(events[1], Progress)  # the isotropic baseline moves the bar
     seen = []
 
     def interrupt(event):
@@ -253,7 +263,10 @@ def test_resumed_sweep_ends_with_the_same_sigma(trained_mini, tmp_path):
         tiny_sweep(trained_mini, tmp_path / "cut", interrupt)
     partial = read_metrics(tmp_path / "cut")
     assert len(partial) == 3  # two isotropic points, one optimised round
-    resumed = tiny_sweep(trained_mini, tmp_path / "cut")
+    events = []
+    resumed = tiny_sweep(trained_mini, tmp_path / "cut", events.append)
+    stopped = [event.done for event in seen if isinstance(event, Progress)][-1]
+    assert events[0] == Started(total, stopped, "after sub-epoch 1 of init 1 (σ = 0.2)")
     assert comparable(resumed.rows) == comparable(whole.rows)
     spec = load_spec("mnist-mini")
     for name in ("init00-0.2_sub02.pt", "init01-0.4_sub02.pt"):
@@ -314,6 +327,8 @@ def test_optimize_sigma_cli_end_to_end(run_cli, trained_mini, tmp_path):
     # other settings into the same run folder are refused
     result = run_cli(*args[:-2], "--eval-n", 64)
     assert result.code == 2 and "optimize.eval_n (32 → 64)" in result.stderr
+    result = run_cli(*args, "--inits", 3)
+    assert result.code == 2 and "a different optimize.inits (2 → 3) (delete" in result.stderr
 
 
 def test_bad_sweep_options(run_cli, trained_mini, tmp_path):

@@ -6,13 +6,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from matplotlib.ticker import PercentFormatter
 from PIL import Image
 
 from nrs_cli.experiments.figures import choose_sigmas
 from nrs_cli.io.spec import load_spec
 from nrs_cli.io.tables import write_table
 from nrs_cli.method.sigma import Sigma, save_sigma
-from nrs_cli.reports import plots
+from nrs_cli.reports import plots, sigma_images
 from nrs_cli.reports.plots import blanket_filter, load_sweep, plot_certified_accuracy, plot_clean_accuracy
 from nrs_cli.reports.result_files import certified_accuracy_at, certified_accuracy_curve, load_result
 from nrs_cli.reports.sigma_images import robustness_report, sigma_to_image
@@ -31,7 +32,7 @@ ROWS = [
 ]
 
 
-def write_result(path, rows, method="anisotropic", init=0.3):
+def write_result(path, rows, method="anisotropic", init=0.3, sub_epoch=None):
     table = []
     for i, (correct, area, radius) in enumerate(rows):
         table.append(
@@ -51,7 +52,7 @@ def write_result(path, rows, method="anisotropic", init=0.3):
         )
     write_table(path, CERTIFY_SCHEMA, table)
     manifest = {
-        "sigma": {"method": method, "init": init},
+        "sigma": {"method": method, "init": init} | ({"sub_epoch": sub_epoch} if sub_epoch is not None else {}),
         "fingerprint": {"n0": 100, "n": 1000, "alpha": 0.001, "bound": "one-sided"},
     }
     path.with_name(path.stem + ".manifest.json").write_text(json.dumps(manifest))
@@ -72,30 +73,39 @@ def test_certified_accuracy_of_a_hand_made_result(tmp_path):
     assert y.tolist() == pytest.approx([4 / 6, 3 / 6, 2 / 6, 1 / 6, 0])
 
 
-def capture(monkeypatch):
+def capture(monkeypatch, module=plots):
     figures = []
 
     def keep(figure, out_stem):
         figures.append(figure)
         return [out_stem]
 
-    monkeypatch.setattr(plots, "save_figure", keep)
+    monkeypatch.setattr(module, "save_figure", keep)
     return figures
 
 
+def reads_in_percent(axis) -> bool:
+    """Accuracies (fractions) labelled in percent: 0.5 is 50%."""
+    formatter = axis.get_major_formatter()
+    return isinstance(formatter, PercentFormatter) and formatter.xmax == 1.0 and formatter.convert_to_pct(0.5) == 50
+
+
 def test_the_drawn_lines_are_the_certified_accuracy_curves(tmp_path, monkeypatch):
-    a = load_result(write_result(tmp_path / "a.tsv", ROWS))
+    a = load_result(write_result(tmp_path / "a.tsv", ROWS, sub_epoch=2))
     b = load_result(write_result(tmp_path / "b.tsv", ROWS[:2], method="isotropic", init=0.4))
     figures = capture(monkeypatch)
     plot_certified_accuracy([a, b], "radius", tmp_path / "fig")
     axes = figures[0].axes[0]
     lines = axes.get_lines()
-    assert [line.get_label() for line in lines] == ["anisotropic, from σ = 0.3", "isotropic, σ = 0.4"]
+    assert [line.get_label() for line in lines] == ["optimized from σ = 0.3, sub-epoch 2", "isotropic, σ = 0.4"]
+    assert reads_in_percent(axes.yaxis)
     assert lines[0].get_xdata().tolist() == [0.0, 0.2, 0.5, 0.9, 1.2]
     assert np.allclose(lines[0].get_ydata(), [4 / 6, 3 / 6, 2 / 6, 1 / 6, 0])
     assert np.allclose(lines[1].get_ydata(), [1.0, 0.5, 0.0])  # b: two correct inputs of two
     assert lines[1].get_linestyle() == "--"  # isotropic baselines dashed
     assert "l2 radius" in axes.get_xlabel() and axes.get_ylabel() == "certified accuracy"
+    co = load_result(write_result(tmp_path / "co.tsv", ROWS, method="co-optimized", init=0.25, sub_epoch=3))
+    assert co.label == "co-optimized from σ = 0.25, round 3"
     assert "n0=100, n=1000" in figures[0].texts[0].get_text()  # sample sizes on the figure
 
 
@@ -144,6 +154,10 @@ def test_clean_accuracy_plot_draws_filtered_and_isotropic_points(tmp_path, monke
     assert lines["isotropic"].get_xdata().tolist() == [-900, -600, -650]  # in order of sigma, not of area
     scatter = axes.collections[0].get_offsets()
     assert len(scatter) == 3  # the unfiltered points, faint
+    assert reads_in_percent(axes.yaxis)
+    points = [(accuracy, area) for area, accuracy in iso]
+    plots.plot_methods({"A": points}, {"A": points}, tmp_path / "methods")
+    assert reads_in_percent(figures[1].axes[0].yaxis)
 
 
 def test_grey_sigma_image_is_scaled_linearly_to_the_full_range():
@@ -174,6 +188,26 @@ def test_colour_sigma_is_scaled_globally_so_a_colour_bias_stays():
     assert image[..., 2].tolist() == [[0, 255], [128, 128]]
 
 
+def test_sigmas_side_by_side_share_one_scale_and_one_colour_bar(monkeypatch):
+    quiet = Sigma(torch.full((1, 4, 4), 0.25), "quiet", {"init": 0.25})
+    loud = torch.full((1, 4, 4), 0.5)
+    loud[..., :2] = 0.75
+    figures = capture(monkeypatch, sigma_images)
+    sigma_images.plot_sigmas([quiet, Sigma(loud, "loud", {"init": 0.5})], "fig", clip=0.0)
+    (figure,) = figures
+    images = [image for axis in figure.axes for image in axis.get_images()]
+    assert len(images) == 2 and len(figure.axes) == 2 + 1  # two images, one colour bar
+    # one range, 0.25 to 0.75, for both: the constant 0.25 is black (alone it would be mid-grey), 0.5 mid-grey
+    assert (images[0].get_array() == 0).all()
+    assert images[1].get_array()[0, 3] == 128 and images[1].get_array()[0, 0] == 255
+    bar = figure.axes[2]
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["0.250", "0.375", "0.500", "0.625", "0.750"]
+    colour = [Sigma(torch.full((3, 4, 4), v), str(v), {"init": v}) for v in (0.1, 0.3)]
+    sigma_images.plot_sigmas(colour, "fig", clip=0.0)
+    assert [image.get_array()[0, 0, 0] for axis in figures[1].axes for image in axis.get_images()] == [0, 255]
+    assert "σ from 0.100 (dark) to 0.300 (bright) in every image" in [t.get_text() for t in figures[1].texts]
+
+
 def test_robustness_report_names_the_noisy_border_and_the_sensitive_centre():
     values = torch.full((1, 28, 28), 0.2)
     values[..., :7, :] = 1.0  # top rows tolerate noise
@@ -199,7 +233,7 @@ def test_tables_in_markdown_and_latex(tmp_path):
     a = load_result(write_result(tmp_path / "a.tsv", ROWS))
     b = load_result(write_result(tmp_path / "b.tsv", ROWS[:2], method="isotropic", init=0.4))
     markdown = markdown_table([a, b], "radius", [0.0, 0.5])
-    assert "| anisotropic, from σ = 0.3 | 66.7 | 50.0 |" in markdown  # radii 0.5, 0.9, 1.2 of 6 inputs
+    assert "| optimized from σ = 0.3 | 66.7 | 50.0 |" in markdown  # radii 0.5, 0.9, 1.2 of 6 inputs
     assert "| isotropic, σ = 0.4 | **100.0** | **100.0** |" in markdown
     latex = latex_table([a, b], "radius", [0.0, 0.5])
     assert r"isotropic, $\sigma$ = 0.4 & \textbf{100.0} & \textbf{100.0} \\" in latex
@@ -322,8 +356,7 @@ def test_figures_pipeline_end_to_end_and_resumed(run_cli, trained_mini, tmp_path
     assert "| other inputs, refined reference" in (out / "headline.md").read_text() or not headline["report"]
     tables = (out / "table-certified-accuracy-log-area.md").read_text()
     assert "Differences (percentage points) on the same inputs, with 95% paired-bootstrap intervals" in tables
-
-    assert tables.count("| anisotropic, from σ =") == len(chosen) == tables.count("| isotropic, σ =")
+    assert tables.count("| optimized from σ =") == len(chosen) == tables.count("| isotropic, σ =")
     # a second run reuses every finished step
     before = {p: p.stat().st_mtime_ns for p in (runs / "mnist-mini").rglob("*.tsv")}
     assert run_cli(*args).code == 0

@@ -23,10 +23,13 @@ LAYERS = {
     "io": ["collective", "spec_files", "spec", "spec_template", "serialization", "runstate", "tables", "devices",
            "distributed", "data", "folders", "loaders", "architectures", "models", "layout"],
     "method": ["noise", "sigma", "sampling", "certificate", "smooth", "algorithm1", "fronts", "statistics"],
-    "runs": ["train", "certification", "evaluation", "reference", "optimization", "sweep", "cooptimize", "jobs", "fit"],
+    "runs": ["train", "certification", "work", "evaluation", "reference", "optimization", "sweep", "cooptimize", "jobs",
+             "fit"],
     "reports": ["metrics", "style", "result_files", "plots", "tables", "sigma_images"],
     "experiments": ["gains", "figures", "compare"],
-    "cli": ["app", "options", "progress", "run_commands", "report_commands", "spec_commands"],
+    "cli": [
+        "manual", "app", "options", "progress", "run_commands", "optimize_commands", "report_commands", "spec_commands"
+    ],
 }  # fmt: skip
 TOP = ["__init__", "__main__"]  # the public API and `python -m nrs_cli`
 MAX_BODY_LINES = 60

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import typer
 from rich.console import Console
 
+from nrs_cli.cli.manual import ManualCommand, ManualGroup
 from nrs_cli.errors import NrsError
 from nrs_cli.version import __version__
 
@@ -28,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    cls=ManualGroup,
 )
 console = Console(highlight=False, soft_wrap=True, markup=False)  # text is printed as it is: "[1/4]"
 
@@ -35,6 +37,7 @@ plot_app = typer.Typer(
     help="Draw the paper's figures and tables from result files (PNG and PDF).",
     no_args_is_help=True,
     rich_markup_mode=None,
+    cls=ManualGroup,
 )
 app.add_typer(plot_app, name="plot")
 
@@ -79,7 +82,7 @@ def command(name: str, group: typer.Typer = app) -> Callable:
             print(f"error: {message}", file=sys.stderr)
             raise typer.Exit(NrsError.exit_code)
 
-        return group.command(name)(run)
+        return group.command(name, cls=ManualCommand)(run)
 
     return decorate
 

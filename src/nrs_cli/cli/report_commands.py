@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
 from nrs_cli.cli.app import command, console, plot_app
+from nrs_cli.cli.manual import Panel
 from nrs_cli.cli.options import (
     ARCH,
     CHECKPOINT,
@@ -19,6 +20,8 @@ from nrs_cli.cli.options import (
     MEAN,
     PRECISION,
     RESIZE,
+    RUNS_DIR,
+    SEED,
     SET,
     STD,
     model_options,
@@ -26,13 +29,32 @@ from nrs_cli.cli.options import (
 )
 from nrs_cli.errors import NrsError
 
+DATASETS = typer.Option(
+    ["mnist-mini"], "--dataset", "-d", metavar="DATASET", help=DATASET_HELP + " Repeatable.", rich_help_panel=Panel.DATA
+)
+FIGURES_DIR = typer.Option(
+    Path("figures"),
+    metavar="DIR",
+    help="Folder for the figures (one sub-folder per dataset).",
+    rich_help_panel=Panel.OUTPUT,
+)
+TITLE = typer.Option("", metavar="TEXT", help="Figure title.", rich_help_panel=Panel.FIGURE)
+
+
+def _out_stem(default: str) -> Any:
+    return typer.Option(
+        Path(default), metavar="PATH", help="Output path without extension (.png and .pdf are added).",
+        rich_help_panel=Panel.OUTPUT,
+    )  # fmt: skip
+
 
 @command("compare")
 def compare_command(
-    datasets: list[str] = typer.Option(["mnist-mini"], "--dataset", "-d", help=DATASET_HELP + " Repeatable."),
-    out: Path = typer.Option(Path("figures"), help="Folder for the figures (one sub-folder per dataset)."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live (finished steps are reused)."),
+    datasets: list[str] = DATASETS,
+    out: Path = FIGURES_DIR,
+    runs_dir: Path = RUNS_DIR,
     data_root: Optional[Path] = DATA_ROOT,
+    seed: Optional[int] = SEED,
     device: Optional[str] = DEVICE,
     precision: Optional[str] = PRECISION,
     set_: list[str] = SET,
@@ -46,7 +68,7 @@ def compare_command(
 
     for name in datasets:
         started = time.perf_counter()
-        spec = spec_from(name, {"engine.device": device, "engine.precision": precision}, set_)
+        spec = spec_from(name, {"seed": seed, "engine.device": device, "engine.precision": precision}, set_)
         console.print(f"compare: {spec.name} -> {out / spec.name}")
         summary = compare_run(spec, data_root, runs_dir, out, resolve_device(spec.engine.device), console.print)
         table = Table("method", "best point: accuracy", "mean log_area", box=None)
@@ -67,10 +89,15 @@ def _metrics(axis: str) -> list:
 
 @command("certified-accuracy", plot_app)
 def plot_certified_accuracy_command(
-    results: list[Path] = typer.Argument(..., help="certify TSV files, one line each"),
-    out: Path = typer.Option(Path("figures/certified-accuracy"), help="Output path without extension."),
-    axis: str = typer.Option("all", help="area (log_area), radius (l2), gm-radius, or all (one file each)."),
-    title: str = typer.Option("", help="Figure title."),
+    results: list[Path] = typer.Argument(..., metavar="TSV", help="certify TSV files, one line each"),
+    out: Path = _out_stem("figures/certified-accuracy"),
+    axis: str = typer.Option(
+        "all",
+        metavar="area|radius|gm-radius|all",
+        help="Certified area (log_area), l2 radius, equal-volume radius, or all (one file each).",
+        rich_help_panel=Panel.FIGURE,
+    ),
+    title: str = TITLE,
 ) -> None:
     """Certified accuracy against certified area, l2 radius or equal-volume radius (paper Fig 1)."""
     from nrs_cli.reports.plots import plot_certified_accuracy
@@ -85,10 +112,12 @@ def plot_certified_accuracy_command(
 
 @command("clean-accuracy", plot_app)
 def plot_clean_accuracy_command(
-    runs: list[Path] = typer.Argument(..., help="optimize-sigma run folders (with metrics.csv)"),
-    out: Path = typer.Option(Path("figures/clean-accuracy"), help="Output path without extension."),
-    unfiltered: bool = typer.Option(False, help="Also show every optimised point, not only the blanket-filtered ones."),
-    title: str = typer.Option("", help="Figure title."),
+    runs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="optimize-sigma run folders (with metrics.csv)"),
+    out: Path = _out_stem("figures/clean-accuracy"),
+    unfiltered: bool = typer.Option(
+        False, help="Also show every optimised point, not only the blanket-filtered ones.", rich_help_panel=Panel.FIGURE
+    ),
+    title: str = TITLE,
 ) -> None:
     """Clean accuracy against mean certified area over a sigma sweep (paper Figs 2 and 4).
 
@@ -104,10 +133,25 @@ def plot_clean_accuracy_command(
 
 @command("table", plot_app)
 def plot_table_command(
-    results: list[Path] = typer.Argument(..., help="certify TSV files, one row each"),
-    axis: str = typer.Option("area", help="area (log_area), radius (l2) or gm-radius."),
-    at: Optional[str] = typer.Option(None, help="Comma-separated thresholds (default: round values over the range)."),
-    out: Optional[Path] = typer.Option(None, help="Write OUT.md and OUT.tex too (path without extension)."),
+    results: list[Path] = typer.Argument(..., metavar="TSV", help="certify TSV files, one row each"),
+    axis: str = typer.Option(
+        "area",
+        metavar="area|radius|gm-radius",
+        help="Certified area (log_area), l2 radius or equal-volume radius.",
+        rich_help_panel=Panel.FIGURE,
+    ),
+    at: Optional[str] = typer.Option(
+        None,
+        metavar="X,Y,...",
+        help="Comma-separated thresholds (default: round values over the range).",
+        rich_help_panel=Panel.FIGURE,
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        metavar="PATH",
+        help="Write PATH.md and PATH.tex too (path without extension).",
+        rich_help_panel=Panel.OUTPUT,
+    ),
 ) -> None:
     """Certified accuracy at chosen thresholds, as Markdown and LaTeX tables."""
     from nrs_cli.reports.metrics import metric_from_option
@@ -125,18 +169,30 @@ def plot_table_command(
 
 @command("visualize-sigma")
 def visualize_sigma_command(
-    sigmas: list[Path] = typer.Argument(..., help="sigma files (from optimize-sigma)"),
+    sigmas: list[Path] = typer.Argument(..., metavar="SIGMA_FILE", help="sigma files (from optimize-sigma)"),
     dataset: Optional[str] = DATASET,
     resize: Optional[int] = RESIZE,
-    out: Path = typer.Option(Path("figures/sigma"), help="Output path without extension."),
-    colorbar: bool = typer.Option(True, help="Show each image's sigma range on a colour bar."),
-    columns: Optional[int] = typer.Option(None, min=1, help="Images per row of the grid."),
-    clip: float = typer.Option(
-        0.01, min=0.0, max=0.49, help="Fraction of elements saturated at each end of the grey scale (0: min to max)."
+    out: Path = _out_stem("figures/sigma"),
+    colorbar: bool = typer.Option(
+        True, help="Show the sigma scale, one for all images, on a colour bar.", rich_help_panel=Panel.FIGURE
     ),
-    report: bool = typer.Option(True, help="Also write OUT-report.md: where the model tolerates noise and where not."),
+    columns: Optional[int] = typer.Option(
+        None, min=1, help="Images per row of the grid.", rich_help_panel=Panel.FIGURE
+    ),
+    clip: float = typer.Option(
+        0.01,
+        min=0.0,
+        max=0.49,
+        help="Fraction of elements saturated at each end of the grey scale (0: min to max).",
+        rich_help_panel=Panel.FIGURE,
+    ),
+    report: bool = typer.Option(
+        True,
+        help="Also write PATH-report.md: where the model tolerates noise and where not.",
+        rich_help_panel=Panel.OUTPUT,
+    ),
 ) -> None:
-    """Draw sigma files as images, scaled linearly across all channels (paper Fig 3)."""
+    """Draw sigma files as images on one linear scale, across all channels and all files (paper Fig 3)."""
     from nrs_cli.io.serialization import atomic_write_text
     from nrs_cli.method.sigma import load_sigma
     from nrs_cli.reports.sigma_images import plot_sigmas, robustness_report
@@ -158,16 +214,19 @@ def figures_command(
         [],
         "--dataset",
         "-d",
+        metavar="DATASET",
         help=DATASET_HELP + " Repeatable; default: --data-root if it is an image folder, else mnist-mini.",
+        rich_help_panel=Panel.DATA,
     ),
     checkpoint: Optional[Path] = CHECKPOINT,
     arch: Optional[str] = ARCH,
     resize: Optional[int] = RESIZE,
     mean: Optional[str] = MEAN,
     std: Optional[str] = STD,
-    out: Path = typer.Option(Path("figures"), help="Folder for the figures (one sub-folder per dataset)."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders live (finished steps are reused)."),
+    out: Path = FIGURES_DIR,
+    runs_dir: Path = RUNS_DIR,
     data_root: Optional[Path] = DATA_ROOT,
+    seed: Optional[int] = SEED,
     device: Optional[str] = DEVICE,
     precision: Optional[str] = PRECISION,
     set_: list[str] = SET,
@@ -181,7 +240,7 @@ def figures_command(
     options = {"engine.device": device, "engine.precision": precision, **model_options(arch, resize, mean, std)}
     for name in datasets or [None]:
         started = time.perf_counter()
-        spec = spec_from(name, options, set_, data_root)
+        spec = spec_from(name, {"seed": seed, **options}, set_, data_root)
         console.print(f"figures: {spec.name} -> {out / spec.name}")
         on = resolve_device(spec.engine.device)
         written = figures_run(spec, data_root, runs_dir, out, on, console.print, checkpoint)
@@ -190,7 +249,7 @@ def figures_command(
 
 @command("list")
 def list_command(
-    what: str = typer.Argument("datasets", help="datasets, loaders or archs"),
+    what: str = typer.Argument("datasets", metavar="datasets|loaders|archs", help="What to list."),
 ) -> None:
     """List the built-in datasets (run specs), data loaders or architectures."""
     from nrs_cli.io import loaders  # noqa: F401 - registers the loaders

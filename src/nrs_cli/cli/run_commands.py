@@ -1,4 +1,4 @@
-"""The commands that run the method: train-base, certify, predict, optimize-sigma, co-optimize."""
+"""The commands that run the method on given sigmas: train-base, certify, predict."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from nrs_cli.cli.app import command, console
+from nrs_cli.cli.manual import Panel
 from nrs_cli.cli.options import (
     ALPHA,
     ARCH,
@@ -18,10 +19,6 @@ from nrs_cli.cli.options import (
     DATA_ROOT,
     DATASET,
     DEVICE,
-    EVAL_MAX,
-    INIT,
-    INIT_STEP,
-    INITS,
     INPUTS,
     MEAN,
     NUM_SAMPLES,
@@ -36,41 +33,58 @@ from nrs_cli.cli.options import (
     SPLIT,
     STD,
     STOP,
+    TRAIN_PRECISION,
+    TRAIN_SIZE,
     engine_options,
     model_options,
     spec_from,
 )
-from nrs_cli.cli.progress import main_console, progress_bar, row_progress, sweep_printer
+from nrs_cli.cli.progress import main_console, progress_bar, row_progress
 
 
 @command("train-base")
 def train_base_command(
     dataset: Optional[str] = DATASET,
     data_root: Optional[Path] = DATA_ROOT,
-    name: str = typer.Option("base", help="Run name: files go to RUNS_DIR/<dataset>/<name>/."),
+    name: str = typer.Option(
+        "base", metavar="NAME", help="Run name: files go to RUNS_DIR/<dataset>/<name>/.", rich_help_panel=Panel.OUTPUT
+    ),
     runs_dir: Path = RUNS_DIR,
-    epochs: Optional[int] = typer.Option(None, help="Training epochs [spec: train.epochs]."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step [spec: train.batch_size]."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate [spec: train.lr]."),
-    optimizer: Optional[str] = typer.Option(None, help="adam or sgd [spec: train.optimizer]."),
+    epochs: Optional[int] = typer.Option(
+        None, help="Training epochs [spec: train.epochs].", rich_help_panel=Panel.TRAINING
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Images per step [spec: train.batch_size].", rich_help_panel=Panel.TRAINING
+    ),
+    lr: Optional[float] = typer.Option(None, help="Learning rate [spec: train.lr].", rich_help_panel=Panel.TRAINING),
+    optimizer: Optional[str] = typer.Option(
+        None, metavar="adam|sgd", help="Optimizer [spec: train.optimizer].", rich_help_panel=Panel.TRAINING
+    ),
     noise_sigma: Optional[str] = typer.Option(
         None,
+        metavar="SIGMA",
         help="Gaussian noise augmentation: a number, or a sigma file for per-element noise [spec: train.noise_sigma].",
+        rich_help_panel=Panel.TRAINING,
     ),
     arch: Optional[str] = ARCH,
     resize: Optional[int] = RESIZE,
     mean: Optional[str] = MEAN,
     std: Optional[str] = STD,
     pretrained: Optional[bool] = typer.Option(
-        None, "--pretrained/--no-pretrained", help="Start from torchvision weights [spec: model.pretrained]."
+        None,
+        "--pretrained/--no-pretrained",
+        help="Start from torchvision weights [spec: model.pretrained].",
+        rich_help_panel=Panel.MODEL,
     ),
-    train_size: Optional[int] = typer.Option(
-        None, help="Use a seeded subset of the train split [spec: data.train_size]."
-    ),
+    train_size: Optional[int] = TRAIN_SIZE,
     download: Optional[bool] = typer.Option(
-        None, "--download/--no-download", help="Let torchvision download missing data [spec: data.download]."
+        None,
+        "--download/--no-download",
+        help="Let torchvision download missing data [spec: data.download].",
+        rich_help_panel=Panel.DATA,
     ),
     seed: Optional[int] = SEED,
+    precision: Optional[str] = TRAIN_PRECISION,
     device: Optional[str] = DEVICE,
     set_: list[str] = SET,
 ) -> None:
@@ -90,6 +104,7 @@ def train_base_command(
         "data.train_size": train_size,
         "data.download": download,
         "seed": seed,
+        "train.precision": precision,
         "engine.device": device,
     }
     spec = spec_from(dataset, options, set_, data_root)
@@ -105,17 +120,18 @@ def train_base_command(
         if note:
             console.print(note)
     with progress_bar() as progress:
-        task = progress.add_task("epoch 1", total=None)
+        task = progress.add_task("epoch 1", total=None, unit="batches")
 
         def on_batch(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
         def on_epoch(metrics) -> None:
-            progress.update(task, description=f"epoch {metrics.epoch + 1}", completed=0)
             console.print(
                 f"epoch {metrics.epoch}/{spec.train.epochs}  loss {metrics.train_loss:.4f}  "
                 f"train {metrics.train_accuracy:.1%}  test {metrics.test_accuracy:.1%}  {metrics.seconds:.1f} s"
             )
+            if metrics.epoch < spec.train.epochs:
+                progress.reset(task, description=f"epoch {metrics.epoch + 1}", total=None)
 
         result = train_base_run(job, run_dir, on_batch, on_epoch)
     if result.epochs_run < len(result.history):
@@ -134,7 +150,12 @@ def _run_table(job, runner, describe: str) -> dict:
         processes = f" x {world} processes" if world > 1 else ""
         say.print(f"{describe}, {job.spec.engine.precision} on {job.device}{processes} -> {job.out}")
         with progress_bar(say) as progress:
-            summary = runner(job, row_progress(progress, "inputs"))
+            summary = runner(job, row_progress(say, progress, describe.partition(":")[0]))
+    if summary.get("answered_from_rows"):
+        say.print(
+            f"answered from the first {summary['inputs']} of the {summary['answered_from_rows']} rows already in "
+            f"{job.out} (no file changed)"
+        )
     return summary if job.collective.is_main else {}
 
 
@@ -147,11 +168,16 @@ def certify_command(
     resize: Optional[int] = RESIZE,
     mean: Optional[str] = MEAN,
     std: Optional[str] = STD,
-    n0: Optional[int] = typer.Option(None, help="Selection samples per input [spec: certify.n0]."),
+    n0: Optional[int] = typer.Option(
+        None, help="Selection samples per input [spec: certify.n0].", rich_help_panel=Panel.SAMPLING
+    ),
     n: Optional[int] = NUM_SAMPLES,
     alpha: Optional[float] = ALPHA,
     bound: Optional[str] = typer.Option(
-        None, help="one-sided (Cohen et al.) or two-sided (also bounds the runner-up) [spec: certify.bound]."
+        None,
+        metavar="one-sided|two-sided",
+        help="Cohen et al.'s bound, or one that also bounds the runner-up [spec: certify.bound].",
+        rich_help_panel=Panel.SAMPLING,
     ),
     chunk_size: Optional[int] = CHUNK_SIZE,
     batch: Optional[int] = BATCH_ALIAS,
@@ -267,183 +293,3 @@ def predict_command(
         f"abstained {summary['abstained']}, wrong {summary['wrong']}, {summary['samples_per_second']:,.0f} samples/s"
     )
     console.print(f"results: {job.out}")
-
-
-@command("optimize-sigma")
-def optimize_sigma_command(
-    dataset: Optional[str] = DATASET,
-    checkpoint: Optional[Path] = CHECKPOINT,
-    arch: Optional[str] = ARCH,
-    resize: Optional[int] = RESIZE,
-    mean: Optional[str] = MEAN,
-    std: Optional[str] = STD,
-    name: str = typer.Option("sweep", help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/."),
-    init: Optional[float] = INIT,
-    init_step: Optional[float] = INIT_STEP,
-    inits: Optional[int] = INITS,
-    sub_epochs: Optional[int] = typer.Option(
-        None, help="Sub-epochs per constant, evaluated after each [spec: optimize.sub_epochs]."
-    ),
-    steps: Optional[int] = typer.Option(
-        None, help="Steps per sub-epoch; 0 is one pass over the train split [spec: optimize.steps_per_sub_epoch]."
-    ),
-    batch_size: Optional[int] = typer.Option(None, help="Inputs per step [spec: optimize.batch_size]."),
-    n0: Optional[int] = typer.Option(None, help="Noise samples per input per step [spec: optimize.n0]."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate on log(sigma) [spec: optimize.lr]."),
-    lr_decay: Optional[float] = typer.Option(
-        None, help="Learning-rate factor per sub-epoch [spec: optimize.lr_decay]."
-    ),
-    cap_p_hat: Optional[bool] = typer.Option(
-        None,
-        "--cap-p-hat/--no-cap-p-hat",
-        help="Clamp p_hat at alpha^(1/n) of the evaluation, beyond which CERTIFY's bound cannot grow "
-        "[spec: optimize.cap_p_hat].",
-    ),
-    eval_n0: Optional[int] = typer.Option(None, help="CERTIFY n0 of the evaluations [spec: optimize.eval_n0]."),
-    eval_n: Optional[int] = typer.Option(None, help="CERTIFY n of the evaluations [spec: optimize.eval_n]."),
-    eval_alpha: Optional[float] = typer.Option(
-        None, help="CERTIFY alpha of the evaluations [spec: optimize.eval_alpha]."
-    ),
-    eval_max: Optional[int] = EVAL_MAX,
-    baseline: Optional[bool] = typer.Option(
-        None,
-        "--baseline/--no-baseline",
-        help="Also evaluate isotropic sigma at every constant [spec: optimize.baseline].",
-    ),
-    baseline_step: Optional[float] = typer.Option(
-        None, help="Spacing of the isotropic baseline constants (default: init step) [spec: optimize.baseline_step]."
-    ),
-    train_size: Optional[int] = typer.Option(
-        None, help="Use a seeded subset of the train split [spec: data.train_size]."
-    ),
-    chunk_size: Optional[int] = CHUNK_SIZE,
-    batch: Optional[int] = BATCH_ALIAS,
-    seed: Optional[int] = SEED,
-    precision: Optional[str] = PRECISION,
-    device: Optional[str] = DEVICE,
-    runs_dir: Path = RUNS_DIR,
-    data_root: Optional[Path] = DATA_ROOT,
-    set_: list[str] = SET,
-) -> None:
-    """Optimise per-element sigma (Algorithm 1) over a sweep of initial constants.
-
-    Writes metrics.csv (clean accuracy and mean certified area after every
-    sub-epoch, and of the isotropic baseline), sigma files and a summary with
-    the certified-area gain at equal accuracy. Rerunning resumes.
-    """
-    options = {
-        "optimize.init": init,
-        "optimize.init_step": init_step,
-        "optimize.inits": inits,
-        "optimize.sub_epochs": sub_epochs,
-        "optimize.steps_per_sub_epoch": steps,
-        "optimize.batch_size": batch_size,
-        "optimize.n0": n0,
-        "optimize.lr": lr,
-        "optimize.lr_decay": lr_decay,
-        "optimize.cap_p_hat": cap_p_hat,
-        "optimize.eval_n0": eval_n0,
-        "optimize.eval_n": eval_n,
-        "optimize.eval_alpha": eval_alpha,
-        "optimize.eval_max": eval_max,
-        "optimize.baseline": baseline,
-        "optimize.baseline_step": baseline_step,
-        "data.train_size": train_size,
-        **engine_options(chunk_size, batch, seed, precision, device),
-        **model_options(arch, resize, mean, std),
-    }
-    spec = spec_from(dataset, options, set_, data_root)
-    _run_optimization(spec, checkpoint, runs_dir, name, data_root)
-
-
-def _run_optimization(
-    spec, checkpoint: Optional[Path], runs_dir: Path, name: str, data_root: Optional[Path], co=False
-) -> None:
-    """optimize-sigma (or co-optimize): load, describe, run (under torchrun when launched by it), report."""
-    from nrs_cli.runs.cooptimize import cooptimize_run
-    from nrs_cli.runs.jobs import as_launched, optimize_job
-    from nrs_cli.runs.sweep import run_sweep, sweep_constants
-
-    job = optimize_job(spec, data_root, checkpoint, runs_dir, name)
-    with as_launched(job) as job:
-        say = main_console(job.collective)
-        say.print(_describe_optimization(job, sweep_constants(spec.optimize), co))
-        with progress_bar(say) as progress:
-            result = (cooptimize_run if co else run_sweep)(job, sweep_printer(say, progress))
-    best = result.comparison.get("max_gain_at_equal_accuracy")
-    if best is not None:
-        say.print(f"largest certified-area gain over isotropic sigma at equal accuracy: {best:.1f} (log_area)")
-    say.print(f"results: {job.run_dir}/metrics.csv, sigmas in {job.run_dir}/sigmas/")
-
-
-def _describe_optimization(job, constants: list[float], co: bool) -> str:
-    spec, o, c = job.spec, job.spec.optimize, job.spec.cooptimize
-    rounds = (
-        f"{c.rounds} rounds of {c.finetune_steps} fine-tuning steps (lr {c.finetune_lr:g}) and {c.sigma_steps}"
-        if co
-        else f"{o.sub_epochs} sub-epochs x {o.steps_per_sub_epoch or 'a pass of'}"
-    )
-    inputs = o.eval_max if o.eval_max >= 0 else len(job.test_set)
-    world = job.collective.world
-    return (
-        f"{'co-optimize' if co else 'optimize-sigma'}: {spec.name}, inits {', '.join(f'{k:g}' for k in constants)}, "
-        f"{rounds} steps of Algorithm 1, batch {o.batch_size} x n0 {o.n0}, lr {o.lr:g} (x{o.lr_decay:g} each)"
-        + (", p_hat capped at alpha^(1/n)" if o.cap_p_hat else "")
-        + f"; evaluation n0={o.eval_n0} n={o.eval_n} alpha={o.eval_alpha:g} on {inputs} test inputs; "
-        f"{spec.engine.precision} on {job.device}"
-        + (f" x {world} processes" if world > 1 else "")
-        + f" -> {job.run_dir}"
-    )
-
-
-@command("co-optimize")
-def co_optimize_command(
-    dataset: Optional[str] = DATASET,
-    checkpoint: Optional[Path] = CHECKPOINT,
-    arch: Optional[str] = ARCH,
-    resize: Optional[int] = RESIZE,
-    mean: Optional[str] = MEAN,
-    std: Optional[str] = STD,
-    name: str = typer.Option("co", help="Run name: files go to RUNS_DIR/<dataset>/optimize/<name>/."),
-    init: Optional[float] = INIT,
-    init_step: Optional[float] = INIT_STEP,
-    inits: Optional[int] = INITS,
-    rounds: Optional[int] = typer.Option(
-        None, help="Rounds per constant, evaluated after each [spec: cooptimize.rounds]."
-    ),
-    finetune_steps: Optional[int] = typer.Option(
-        None, help="Training steps under the current sigma per round [spec: cooptimize.finetune_steps]."
-    ),
-    finetune_lr: Optional[float] = typer.Option(
-        None, help="Adam learning rate of the network [spec: cooptimize.finetune_lr]."
-    ),
-    sigma_steps: Optional[int] = typer.Option(None, help="Algorithm 1 steps per round [spec: cooptimize.sigma_steps]."),
-    eval_max: Optional[int] = EVAL_MAX,
-    chunk_size: Optional[int] = CHUNK_SIZE,
-    batch: Optional[int] = BATCH_ALIAS,
-    seed: Optional[int] = SEED,
-    precision: Optional[str] = PRECISION,
-    device: Optional[str] = DEVICE,
-    runs_dir: Path = RUNS_DIR,
-    data_root: Optional[Path] = DATA_ROOT,
-    set_: list[str] = SET,
-) -> None:
-    """Co-optimise the network and a per-element sigma: rounds of fine-tuning under the current sigma and
-    Algorithm 1 on the frozen network, from each constant sigma (beyond the paper).
-
-    Writes metrics.csv (a row per round), sigmas/ and checkpoints/ (the network of each round) and a
-    summary. Rerunning resumes after the last finished round.
-    """
-    options = {
-        "optimize.init": init,
-        "optimize.init_step": init_step,
-        "optimize.inits": inits,
-        "cooptimize.rounds": rounds,
-        "cooptimize.finetune_steps": finetune_steps,
-        "cooptimize.finetune_lr": finetune_lr,
-        "cooptimize.sigma_steps": sigma_steps,
-        "optimize.eval_max": eval_max,
-        **engine_options(chunk_size, batch, seed, precision, device),
-        **model_options(arch, resize, mean, std),
-    }
-    _run_optimization(spec_from(dataset, options, set_, data_root), checkpoint, runs_dir, name, data_root, co=True)

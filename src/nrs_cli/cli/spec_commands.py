@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from nrs_cli.cli.app import app, command, console
+from nrs_cli.cli.manual import Panel
 from nrs_cli.cli.options import ARCH, DATA_ROOT, DATASET, MEAN, RESIZE, SET, STD, model_options, spec_from
 from nrs_cli.errors import NrsError
 
@@ -23,12 +24,14 @@ app.add_typer(spec_app, name="spec")
 def spec_new_command(
     dataset: Optional[str] = DATASET,
     data_root: Optional[Path] = DATA_ROOT,
-    out: Optional[Path] = typer.Option(None, help="YAML file to write (default: <name>.yaml in this folder)."),
+    out: Optional[Path] = typer.Option(
+        None, help="YAML file to write (default: <name>.yaml in this folder).", rich_help_panel=Panel.OUTPUT
+    ),
     arch: Optional[str] = ARCH,
     resize: Optional[int] = RESIZE,
     mean: Optional[str] = MEAN,
     std: Optional[str] = STD,
-    force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists.", rich_help_panel=Panel.OUTPUT),
     set_: list[str] = SET,
 ) -> None:
     """Write a run spec as commented YAML: every section and field with its value and what it means.

@@ -221,6 +221,16 @@ class ResultTable:
             atomic_write_text("\t".join(self.schema.header) + "\n", self.path)
         return rows
 
+    def rows_made_with(self, fingerprint: dict[str, Any]) -> list[dict] | None:
+        """The rows of the table as it is, changing nothing: None when there is none (or its last line is cut
+        short); refused, as a resume would be, when it was made with another fingerprint."""
+        if not (self.path.is_file() and self.manifest_path.is_file()):
+            return None
+        self._output.check(read_json(self.manifest_path, "manifest").get("fingerprint"), fingerprint)
+        if not self.path.read_bytes().endswith(b"\n"):
+            return None
+        return read_table(self.path, [self.schema])
+
     def append(self, rows: list[dict[str, Any]]) -> None:
         with open(self.path, "a") as handle:
             handle.writelines(self.schema.line(row) for row in rows)

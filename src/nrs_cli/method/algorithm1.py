@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -99,10 +100,12 @@ def evaluate_sigma(
     indices: list[int],
     spec: RunSpec,
     collective: Collective = SINGLE_PROCESS,
+    on_inputs: Callable[[int, int], None] | None = None,
 ) -> CertifiedSummary:
     """CERTIFY the given test inputs with the spec's evaluation settings (each process its share) and summarise.
 
     ``optimize.eval_n0``, ``eval_n`` and ``eval_alpha`` set the samples and level; ``seed`` the noise.
+    ``on_inputs(done, total)`` follows this process's share, for progress bars.
     """
     o = spec.optimize
     mine = indices[collective.rank :: collective.world]
@@ -114,6 +117,8 @@ def evaluate_sigma(
             smooth.certify(images, o.eval_n0, o.eval_n, o.eval_alpha, indices=batch), labels.tolist()
         ):
             outcomes.append((cert.prediction == label, cert.log_area, cert.radius, cert.gm_radius))
+        if on_inputs:
+            on_inputs(len(outcomes), len(mine))
     return CertifiedSummary.of(collective.gather(outcomes))
 
 

@@ -7,8 +7,8 @@ or ``gm_radius``). Fig. 2 plots every evaluation of an optimize-sigma sweep as
 clean accuracy against mean certified area, anisotropic points after the
 paper's "blanket" filter, with the isotropic baseline for comparison.
 
-All figures are written as PNG and PDF with matplotlib's non-interactive
-backend, sized for a paper column.
+Accuracies are drawn as fractions and read in percent. All figures are written
+as PNG and PDF with matplotlib's non-interactive backend, sized for a paper column.
 """
 
 from __future__ import annotations
@@ -23,12 +23,18 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from nrs_cli.io.serialization import read_json  # noqa: E402
 from nrs_cli.reports.metrics import METRICS, metric  # noqa: E402
 from nrs_cli.reports.result_files import ResultFile, certified_accuracy_curve, section  # noqa: E402
 from nrs_cli.reports.style import FIGURE_SIZE, STYLE, add_note, save_figure  # noqa: E402
 from nrs_cli.runs.optimization import read_metrics  # noqa: E402
+
+
+def percent_axis(axis) -> None:
+    """An accuracy axis (fractions) labelled in percent."""
+    axis.set_major_formatter(PercentFormatter(xmax=1.0))
 
 
 def blanket_filter(points: list[tuple[float, float]]) -> list[bool]:
@@ -80,6 +86,7 @@ def plot_certified_accuracy(
             axes.step(x, y, where="post", linestyle=style, color=f"C{index}", label=result.label, linewidth=1.4)
         axes.set_xlabel(axis_label)
         axes.set_ylabel("certified accuracy")
+        percent_axis(axes.yaxis)
         axes.set_ylim(0, 1.02)
         if column != "log_area":
             axes.set_xlim(left=0)
@@ -171,6 +178,7 @@ def plot_clean_accuracy(
                 )
         axes.set_xlabel("mean " + METRICS["log_area"].axis)
         axes.set_ylabel("clean accuracy (smoothed, CERTIFY)")
+        percent_axis(axes.yaxis)
         if title:
             axes.set_title(title)
         axes.legend(loc="best", frameon=False)
@@ -195,6 +203,7 @@ def plot_methods(
                       linewidth=1.2, label=label)  # fmt: skip
         axes.set_xlabel("mean " + METRICS["log_area"].axis)
         axes.set_ylabel("clean accuracy (smoothed, CERTIFY)")
+        percent_axis(axes.yaxis)
         if title:
             axes.set_title(title)
         axes.legend(loc="best", frameon=False)

@@ -14,6 +14,8 @@ from nrs_cli.io.serialization import read_json
 from nrs_cli.io.tables import sidecar
 from nrs_cli.runs.certification import read_results
 
+OPTIMIZED = {"anisotropic": "optimized"}  # how a legend names a sigma method
+
 
 @dataclass
 class ResultFile:
@@ -26,15 +28,19 @@ class ResultFile:
 
     @property
     def label(self) -> str:
+        """The legend of its sigma: "isotropic, σ = 0.25", "optimized from σ = 0.25, sub-epoch 2"."""
         if self.name:
             return self.name
         sigma = section(self.manifest, "sigma")
-        method, init = sigma.get("method"), sigma.get("init")
-        if not isinstance(init, (int, float)):
+        method, init, rounds = sigma.get("method"), sigma.get("init"), sigma.get("sub_epoch")
+        if not isinstance(init, (int, float)) or not isinstance(method, str):
             return self.path.stem
         if method == "isotropic":
             return f"isotropic, σ = {init:g}"
-        return f"{method}, from σ = {init:g}" if isinstance(method, str) else self.path.stem
+        label = f"{OPTIMIZED.get(method, method)} from σ = {init:g}"
+        if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds > 0:
+            label += f", {'round' if method == 'co-optimized' else 'sub-epoch'} {rounds}"
+        return label
 
     @property
     def isotropic(self) -> bool:

@@ -7,7 +7,9 @@ saturated. Figures clip 1% at each end: a few pixels the model ignores (an
 image corner) can reach many times the sigma of the rest and would otherwise
 leave the picture black. Colour sigmas use one range over all channels, not
 one per channel, so a channel the model is less sensitive to stays brighter
-(the paper's "colour bias"). Bright regions are where the smoothed
+(the paper's "colour bias"). Sigmas shown side by side share one range, taken
+over all of their elements, and one colour bar: the same grey is the same
+sigma in every image, so the images can be compared. Bright regions are where the smoothed
 classifier tolerates a lot of noise (features the model barely uses); dark
 regions are where it does not (the features it relies on).
 """
@@ -30,21 +32,23 @@ from nrs_cli.method.sigma import Sigma  # noqa: E402
 from nrs_cli.reports.style import STYLE, save_figure  # noqa: E402
 
 
-def sigma_range(values: torch.Tensor, clip: float = 0.0) -> tuple[float, float]:
-    """The sigma drawn black and the sigma drawn white: the ``clip`` and ``1 - clip`` quantiles of all elements."""
-    array = values.detach().double().flatten().cpu().numpy()
+def sigma_range(values: torch.Tensor | list[torch.Tensor], clip: float = 0.0) -> tuple[float, float]:
+    """The sigma drawn black and the sigma drawn white: the ``clip`` and ``1 - clip`` quantiles of all elements
+    (of every sigma, given several)."""
+    tensors = values if isinstance(values, list) else [values]
+    array = np.concatenate([v.detach().double().flatten().cpu().numpy() for v in tensors])
     return float(np.quantile(array, clip)), float(np.quantile(array, 1 - clip))
 
 
-def sigma_to_image(values: torch.Tensor, clip: float = 0.0) -> np.ndarray:
+def sigma_to_image(values: torch.Tensor, clip: float = 0.0, bounds: tuple[float, float] | None = None) -> np.ndarray:
     """uint8 image of a (C, H, W) sigma: (H, W) for one channel, (H, W, 3) for three.
 
     ``pixel = round(255 * clamp((sigma - low) / (high - low), 0, 1))`` with
-    ``low, high = sigma_range(values, clip)`` over every element, across
-    channels (``clip=0``: min and max); a constant sigma is mid-grey.
+    ``low, high = bounds``, by default ``sigma_range(values, clip)`` over every
+    element, across channels (``clip=0``: min and max); ``low == high`` is mid-grey.
     """
     array = values.detach().double().cpu().numpy()
-    low, high = sigma_range(values, clip)
+    low, high = bounds if bounds is not None else sigma_range(values, clip)
     scaled = np.full_like(array, 0.5) if high == low else np.clip((array - low) / (high - low), 0.0, 1.0)
     image = np.rint(scaled * 255).astype(np.uint8)
     if image.shape[0] == 1:
@@ -70,35 +74,37 @@ def plot_sigmas(
     titles: list[str] | None = None,
     clip: float = 0.01,
 ) -> list[Path]:
-    """A grid of sigma images; the colour bar (grey images) shows each one's sigma range.
-
-    A range end that saturates elements (``clip`` > 0) is labelled with >= or <=.
-    """
+    """A grid of sigma images on one scale (:func:`sigma_range` over all of them), shown once for the figure: a
+    colour bar (grey images) or a line under the grid (colour images), each end marked ≤ or ≥ when it saturates
+    elements (``clip`` > 0), values to three significant digits."""
     columns = columns or min(len(sigmas), 4)
     rows = math.ceil(len(sigmas) / columns)
     titles = titles or [sigma_title(s) for s in sigmas]
+    bounds = sigma_range([s.values for s in sigmas], clip)
+    below = min(float(s.values.min()) for s in sigmas) < bounds[0]
+    above = max(float(s.values.max()) for s in sigmas) > bounds[1]
     with plt.rc_context(STYLE):
-        figure, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.3 * rows), squeeze=False)
+        size = (2.3 * columns + 0.6, 2.3 * rows)
+        figure, axes = plt.subplots(rows, columns, figsize=size, squeeze=False, layout="constrained")
         for axis in axes.flat:
             axis.axis("off")
         for axis, sigma, title in zip(axes.flat, sigmas, titles):
-            image = sigma_to_image(sigma.values, clip)
-            low, high = sigma_range(sigma.values, clip)
-            low_label = ("≤" if low > float(sigma.values.min()) else "") + f"{low:.2g}"
-            high_label = ("≥" if high < float(sigma.values.max()) else "") + f"{high:.2g}"
-            if image.ndim == 2:
-                shown = axis.imshow(image, cmap="gray", vmin=0, vmax=255)
-                if colorbar:
-                    bar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, ticks=[0, 255])
-                    bar.ax.set_yticklabels([low_label, high_label])
-                    bar.ax.tick_params(labelsize=7)
-            else:  # the range under the image: the axis, and with it its label, is off
-                axis.imshow(image)
-                axis.text(0.5, -0.03, f"σ from {low_label} to {high_label}", fontsize=7, ha="center", va="top",
-                          transform=axis.transAxes)  # fmt: skip
+            image = sigma_to_image(sigma.values, bounds=bounds)
+            shown = axis.imshow(image, cmap="gray", vmin=0, vmax=255) if image.ndim == 2 else axis.imshow(image)
             axis.set_title("\n".join(textwrap.wrap(title, 30)), fontsize=8)
+        ticks = np.linspace(bounds[0], bounds[1], 5) if bounds[1] > bounds[0] else np.array(bounds[:1])
+        labels = [f"{value:#.3g}".rstrip(".") for value in ticks]  # three significant digits, 0.500 included
+        labels[0], labels[-1] = ("≤" if below else "") + labels[0], ("≥" if above else "") + labels[-1]
+        if image.ndim == 3:  # no colour bar for colours: the range in words
+            figure.text(0.5, 0.0, f"σ from {labels[0]} (dark) to {labels[-1]} (bright) in every image", fontsize=7,
+                        ha="center", va="top")  # fmt: skip
+        elif colorbar:
+            positions = (ticks - bounds[0]) / (bounds[1] - bounds[0]) * 255 if bounds[1] > bounds[0] else [127.5]
+            bar = figure.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, ticks=positions)
+            bar.ax.set_yticklabels(labels)
+            bar.ax.tick_params(labelsize=7)
+            bar.set_label("σ (one scale for all images)", fontsize=7)
         figure.suptitle("σ per input element (dark: low noise, bright: high noise)", fontsize=8)
-        figure.tight_layout()
         return save_figure(figure, Path(out_stem))
 
 

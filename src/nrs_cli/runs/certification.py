@@ -67,7 +67,7 @@ PREDICT_SCHEMA = Schema("predict", result_columns(Prediction), row_checks=(corre
 # Every table nrs reads back: the two kinds, and both as written before rows carried a checksum.
 RESULT_SCHEMAS = [CERTIFY_SCHEMA, PREDICT_SCHEMA, CERTIFY_SCHEMA.without_checksum(), PREDICT_SCHEMA.without_checksum()]
 
-OnRows = Callable[[int, int], None]  # (inputs done, inputs selected), for progress bars
+OnRows = Callable[[int, int], None]  # (inputs done, inputs selected), for progress bars: first before any new row
 
 
 def read_results(path: str | Path) -> list[dict[str, str]]:
@@ -114,7 +114,7 @@ def certify_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, 
 
     options = {"n0": o.n0, "n": o.n, "alpha": o.alpha, "bound": o.bound}
     kind = TableKind(CERTIFY_SCHEMA, options, o.n0, o.n0 + o.n, evaluate)
-    rows, throughput = _run_table(job, kind, on_rows)
+    rows, throughput, answered = _run_table(job, kind, on_rows)
     if not job.collective.is_main:
         return {}
     summary = {
@@ -124,7 +124,7 @@ def certify_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, 
         "dimension": job.sigma.values.numel(),
         **options,
     }
-    return _write_summary(job.out, summary)
+    return _summary_beside(job.out, summary, answered)
 
 
 def predict_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, Any]:
@@ -137,11 +137,11 @@ def predict_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, 
 
     options = {"n": o.n, "alpha": o.alpha}
     kind = TableKind(PREDICT_SCHEMA, options, o.n, o.n, evaluate)
-    rows, throughput = _run_table(job, kind, on_rows)
+    rows, throughput, answered = _run_table(job, kind, on_rows)
     if not job.collective.is_main:
         return {}
     summary = {**predict_summary(rows), "samples_per_second": throughput, "sigma": job.sigma.label, **options}
-    return _write_summary(job.out, summary)
+    return _summary_beside(job.out, summary, answered)
 
 
 def certify_summary(rows: list[dict[str, str]]) -> dict[str, Any]:
@@ -220,8 +220,13 @@ def fingerprint(job: SmoothedJob, options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run_table(job: SmoothedJob, kind: TableKind, on_rows: OnRows | None) -> tuple[list[dict], float]:
-    """The loop shared by certify and predict: resume, evaluate in groups, flush rows, merge shards."""
+def _run_table(job: SmoothedJob, kind: TableKind, on_rows: OnRows | None) -> tuple[list[dict], float, int]:
+    """The loop shared by certify and predict: resume, evaluate in groups, flush rows, merge shards.
+
+    Returns the rows of the selection, the throughput, and, when a table already holds more rows
+    than this selection's first inputs (a run with a larger ``max``), how many: then the selection
+    is answered from its rows and no file changes.
+    """
     spec, collective = job.spec, job.collective
     wanted = wanted_inputs(spec, job.dataset)
     shared = chosen_on_overlap(job.sigma, spec, wanted) if spec.certify.inputs == "report" else 0
@@ -244,12 +249,17 @@ def _run_table(job: SmoothedJob, kind: TableKind, on_rows: OnRows | None) -> tup
     mine = wanted[collective.rank :: collective.world]
     rank, world = collective.rank, collective.world
     with ResultTable(job.out if world == 1 else shard_path(job.out, rank, world), kind.schema) as table:
+        there = table.rows_made_with(fingerprinted) if world == 1 else None
+        if there and len(there) > len(mine) and [int(row["idx"]) for row in there[: len(mine)]] == mine:
+            return there[: len(mine)], math.nan, len(there)
         shard = {"shard": f"{rank} of {world}"} if world > 1 else {}
         done = table.open(fingerprinted | shard, manifest, spec)
         if [int(row["idx"]) for row in done] != mine[: len(done)]:
             raise NrsError(
                 f"{table.path}: its rows are not the first inputs of this selection (delete it to start over)"
             )
+        if on_rows:
+            on_rows(len(done), len(mine))  # where it starts: a resumed run's rows are already there
         started = time.perf_counter()
         processed = _fill_table(job, kind, engine, table, mine[len(done) :], on_rows, len(done))
         work = collective.gather([(processed * kind.samples_per_input, time.perf_counter() - started)])
@@ -257,7 +267,7 @@ def _run_table(job: SmoothedJob, kind: TableKind, on_rows: OnRows | None) -> tup
             _merge_shards(job, kind, wanted, fingerprinted, manifest)
     samples, elapsed = sum(s for s, _ in work), max(seconds for _, seconds in work)
     throughput = samples / elapsed if samples and elapsed > 0 else math.nan
-    return (read_results(job.out) if collective.is_main else []), throughput
+    return (read_results(job.out) if collective.is_main else []), throughput, 0
 
 
 def _fill_table(
@@ -303,8 +313,10 @@ def _merge_shards(job: SmoothedJob, kind: TableKind, wanted: list[int], fingerpr
     collective.barrier()
 
 
-def _write_summary(out: str | Path, summary: dict) -> dict:
-    """Save the summary beside the TSV; a rerun with no rows left to do keeps the throughput measured before."""
+def _summary_beside(out: str | Path, summary: dict, answered: int) -> dict:
+    """Save the summary beside the TSV, unless the run was ``answered`` from the rows of a longer table (then it
+    says from how many, ``answered_from_rows``); with no rows evaluated now the throughput is the one measured
+    before."""
     path = sidecar(out, "summary")
     if math.isnan(summary["samples_per_second"]) and path.is_file():
         try:
@@ -313,5 +325,7 @@ def _write_summary(out: str | Path, summary: dict) -> dict:
             previous = None
         if isinstance(previous, (int, float)):
             summary["samples_per_second"] = previous
+    if answered:
+        return {**summary, "answered_from_rows": answered}
     write_json(summary, path)
     return summary

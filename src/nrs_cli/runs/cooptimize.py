@@ -51,6 +51,7 @@ from nrs_cli.runs.optimization import (
     train_means,
 )
 from nrs_cli.runs.sweep import SweepResult, check_optimize_options, sweep_constants
+from nrs_cli.runs.work import BACKWARD_COST, work_plan
 
 METHOD = "co-optimized"
 
@@ -67,6 +68,10 @@ def cooptimize_run(job: OptimizeJob, on_event: Callable[[SweepEvent], None] | No
         if job.collective.is_main and state.values["position"] == [0, 0] and not state.rows:
             context.write_manifest("co-optimize", state.values["fingerprint"])
         constants = sweep_constants(spec.optimize)
+        co = spec.cooptimize
+        round_work = co.finetune_steps * co.finetune_batch_size * BACKWARD_COST + context.steps * context.step_work
+        plan = work_plan(context.evaluation_work, constants, co.rounds, round_work, state.values["position"], "round")
+        context.work.start(plan)
         for init_index in range(state.values["position"][0], len(constants)):
             cooptimize_from_constant(context, state, (init_index, constants[init_index]), initial)
         points = [r for r in state.rows if r["method"] == METHOD]
@@ -153,6 +158,7 @@ def finetune_under_noise(
                 collective.sum_(parameter.grad)
         optimizer.step()
         losses.append(float(collective.sum_(loss.detach().reshape(1))))
+        context.work.add(co.finetune_batch_size * BACKWARD_COST, f"fine-tuning the network, round {round_}")
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return sum(losses) / len(losses) if losses else math.nan

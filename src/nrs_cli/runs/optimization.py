@@ -37,6 +37,7 @@ from nrs_cli.method.certificate import CertifiedSummary
 from nrs_cli.method.noise import GaussianNoise, block_seed
 from nrs_cli.method.sampling import SamplingEngine, build_engine
 from nrs_cli.method.sigma import Sigma, SigmaStats, save_sigma
+from nrs_cli.runs.work import BACKWARD_COST, Progress, Started, WorkCounter
 
 STATE_FILE = "state.pt"
 
@@ -133,7 +134,7 @@ class PointDone:
     row: SweepRow
 
 
-SweepEvent = Union[StepDone, PointDone]
+SweepEvent = Union[Started, Progress, StepDone, PointDone]  # Started and Progress: nrs_cli.runs.work
 
 
 class RunState:
@@ -184,6 +185,7 @@ class OptimizeContext:
     steps: int  # per sub-epoch
     p_hat_max: float
     emit: Callable[[SweepEvent], None]
+    work: WorkCounter
 
     @classmethod
     def build(
@@ -191,18 +193,44 @@ class OptimizeContext:
     ) -> OptimizeContext:
         """The context of a run; ``steps`` of Algorithm 1 per sub-epoch (default: the optimize section's)."""
         o = job.spec.optimize
+        emit = on_event or (lambda event: None)
         return cls(
             job=job,
             engine=build_engine(job.model, job.spec, job.device),
             eval_indices=input_set(job.test_set, "selection", o.eval_max, job.spec.inputs.seed),
             steps=steps or o.steps_per_sub_epoch or math.ceil(len(job.train_set) / o.batch_size),
             p_hat_max=p_hat_ceiling(o),
-            emit=on_event or (lambda event: None),
+            emit=emit,
+            work=WorkCounter(emit),
         )
 
-    def evaluate(self, sigma: Sigma) -> CertifiedSummary:
-        job = self.job
-        return evaluate_sigma(self.engine, sigma, job.test_set, self.eval_indices, job.spec, job.collective)
+    @property
+    def evaluation_work(self) -> int:
+        """Noisy samples of one evaluation (see :mod:`nrs_cli.runs.work`)."""
+        o = self.job.spec.optimize
+        return len(self.eval_indices) * (o.eval_n0 + o.eval_n)
+
+    @property
+    def step_work(self) -> int:
+        """Noisy samples of one step of Algorithm 1, its backward pass included."""
+        o = self.job.spec.optimize
+        return o.batch_size * o.n0 * BACKWARD_COST
+
+    def evaluate(self, sigma: Sigma, what: str = "") -> CertifiedSummary:
+        """CERTIFY ``sigma`` on the evaluation inputs, reporting the work as it goes."""
+        job, start, work = self.job, self.work.done, self.evaluation_work
+
+        def on_inputs(done: int, total: int) -> None:  # this process's share, as a fraction of the whole
+            self.work.reach(start + work * done // total, what)
+
+        self.work.reach(start, what)  # says what it is doing from the start
+
+        summary = evaluate_sigma(
+            self.engine, sigma, job.test_set, self.eval_indices, job.spec, job.collective, on_inputs
+        )
+        if self.work.done != start + work:  # a process with no inputs of its own
+            self.work.reach(start + work, what)
+        return summary
 
     def write_manifest(self, kind: str, run_fingerprint: dict[str, Any]) -> None:
         job = self.job
@@ -275,6 +303,7 @@ def run_sub_epoch(
         losses.append(result.loss)
         objectives.append(result.objective)
         stats = SigmaStats.of(log_sigma.detach().exp())
+        context.work.add(context.step_work)
         context.emit(
             StepDone(init, sub_epoch, step + 1, o.sub_epochs * steps, result.loss, result.right / result.total, stats)
         )
@@ -297,7 +326,9 @@ def evaluate_point(
     """
     job = context.job
     sigma = Sigma(values, sigma_file.stem, {"method": fields["method"], "init": fields["init"]})
-    summary = context.evaluate(sigma)
+    summary = context.evaluate(
+        sigma, f"evaluating {fields['method']} σ from {fields['init']:g} after step {fields['step']}"
+    )
     if job.collective.is_main:
         save_sigma(
             job.run_dir / sigma_file,

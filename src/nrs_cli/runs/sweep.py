@@ -40,6 +40,7 @@ from nrs_cli.runs.optimization import (
     step_down,
     train_means,
 )
+from nrs_cli.runs.work import Started, work_plan
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def run_sweep(job: OptimizeJob, on_event: Callable[[SweepEvent], None] | None = 
         state = RunState.load(output, fingerprint(job, context.eval_indices), fresh)
         if job.collective.is_main and state.values["position"] == [0, 0] and not state.rows:
             context.write_manifest("optimize-sigma", state.values["fingerprint"])
+        context.work.start(sweep_plan(context, state))
         if spec.optimize.baseline and not state.values["baseline_done"]:
             run_isotropic_baseline(context, state)
         constants = sweep_constants(spec.optimize)
@@ -87,6 +89,22 @@ def baseline_constants(o: OptimizeSpec) -> list[float]:
     last = sweep_constants(o)[-1]
     count = int(math.floor((last - o.init) / step + 1e-9)) + 1 if step > 0 else 1
     return [round(o.init + k * step, 10) for k in range(count)]
+
+
+def sweep_plan(context: OptimizeContext, state: RunState) -> Started:
+    """The work of the whole sweep, the isotropic baseline included, and how much of it the state says is done."""
+    o = context.job.spec.optimize
+    baseline = baseline_constants(o) if o.baseline else []
+    evaluated = {row["init"] for row in state.rows if row["method"] == "isotropic"}
+    return work_plan(
+        context.evaluation_work,
+        sweep_constants(o),
+        o.sub_epochs,
+        context.steps * context.step_work,
+        state.values["position"],
+        "sub-epoch",
+        (len(baseline), sum(constant in evaluated for constant in baseline)),
+    )
 
 
 def check_optimize_options(o: OptimizeSpec) -> None:
@@ -115,7 +133,7 @@ def run_isotropic_baseline(context: OptimizeContext, state: RunState) -> None:
         started = time.perf_counter()
         sigma = constant_sigma(constant, context.job.spec.data.input_shape)
         row = SweepRow.of(
-            context.evaluate(sigma),
+            context.evaluate(sigma, f"evaluating isotropic σ = {constant:g}"),
             sigma.values,
             method="isotropic",
             init=constant,
