@@ -39,15 +39,15 @@ def test_certify_writes_cohens_columns_then_ours(run_cli, trained_mini, tmp_path
     assert header[:6] == ["idx", "label", "predict", "radius", "correct", "time"] and header == CERTIFY_SCHEMA.header
     rows = read_results(out)
     assert [int(r["idx"]) for r in rows] == list(range(12))
-    summary = json.loads((tmp_path / "iso.summary.json").read_text())
-    manifest = json.loads((tmp_path / "iso.manifest.json").read_text())
+    summary = json.loads((tmp_path / "iso.tsv.summary.json").read_text())
+    manifest = json.loads((tmp_path / "iso.tsv.manifest.json").read_text())
     assert summary["inputs"] == 12 and summary["certified_accuracy"] == sum(r["correct"] == "1" for r in rows) / 12
     assert summary["certified_accuracy"] >= 0.75 and "certified accuracy" in result.stdout
     assert manifest["fingerprint"]["n"] == 100 and manifest["sigma"]["label"] == "0.25"
     assert summary["samples_per_second"] > 0
     rerun = certify(run_cli, trained_mini, out, "--sigma", 0.25, *QUICK)  # nothing left to do
     assert rerun.code == 0 and read_results(out) == rows
-    assert json.loads((tmp_path / "iso.summary.json").read_text()) == summary  # throughput measured before kept
+    assert json.loads((tmp_path / "iso.tsv.summary.json").read_text()) == summary  # throughput measured before kept
     for row in rows:
         if row["predict"] != "-1":  # isotropic: radius = sigma * Phi^-1(pA_lower) = gm_radius
             assert float(row["radius"]) == pytest.approx(0.25 * float(row["icdf"]), rel=1e-6)
@@ -82,7 +82,7 @@ def test_anisotropic_sigma_file_and_two_sided_bound(run_cli, trained_mini, tmp_p
             R = float(row["icdf"])
             assert float(row["radius"]) == pytest.approx(0.2 * R, rel=1e-6)  # the smallest semi-axis
             assert float(row["pB_upper"]) <= 1 - float(row["pA_lower"]) + 1e-9  # 10 digits in the file
-    assert json.loads((tmp_path / "aniso.manifest.json").read_text())["sigma"]["method"] == "anisotropic"
+    assert json.loads((tmp_path / "aniso.tsv.manifest.json").read_text())["sigma"]["method"] == "anisotropic"
 
 
 def test_predict(run_cli, trained_mini, tmp_path):
@@ -144,7 +144,7 @@ def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
         handle.write("17\t3\t3\t0.1")  # and a half-written row, as if killed mid-line
     assert certify(run_cli, trained_mini, out, "--sigma", 0.25, "--n0", 20, "--n", 400, "--max", 60).code == 0
     assert without_time(out) == without_time(full)
-    assert json.loads((tmp_path / "killed.manifest.json").read_text())["resumed"]
+    assert json.loads((tmp_path / "killed.tsv.manifest.json").read_text())["resumed"]
 
 
 def test_interrupted_run_says_so_in_one_line_and_exits_2(trained_mini, tmp_path):

@@ -113,7 +113,7 @@ def test_a_header_only_table_without_manifest_starts_over(run_cli, trained_mini,
     assert run_cli(*certify_args(trained_mini, out, *QUICK, "--max", 4)).code == 0
     rows = rows_without_time(out)
     out.write_text(out.read_text().splitlines()[0] + "\n")
-    (tmp_path / "header.manifest.json").unlink()
+    (tmp_path / "header.tsv.manifest.json").unlink()
     assert run_cli(*certify_args(trained_mini, out, *QUICK, "--max", 4)).code == 0
     assert rows_without_time(out) == rows
 
@@ -125,10 +125,10 @@ def test_a_manifest_without_its_table_starts_over_and_rows_without_manifest_are_
     out.unlink()  # as if killed after the manifest was written
     assert run_cli(*certify_args(trained_mini, out, *QUICK, "--max", 4)).code == 0
     assert rows_without_time(out) == rows
-    (tmp_path / "t.manifest.json").unlink()
+    (tmp_path / "t.tsv.manifest.json").unlink()
     before = out.read_bytes()
     result = run_cli(*certify_args(trained_mini, out, *QUICK, "--max", 4))
-    one_line_error(result, "has rows but no t.manifest.json")
+    one_line_error(result, "has rows but no t.tsv.manifest.json")
     assert out.read_bytes() == before
 
 
@@ -172,7 +172,7 @@ def test_a_damaged_row_is_refused_with_its_line_on_resume_and_in_plots(run_cli, 
 def test_damaged_manifests_and_states_are_one_line_errors(run_cli, trained_mini, tmp_path, monkeypatch):
     out = tmp_path / "m.tsv"
     assert run_cli(*certify_args(trained_mini, out, *QUICK, "--max", 3)).code == 0
-    manifest = tmp_path / "m.manifest.json"
+    manifest = tmp_path / "m.tsv.manifest.json"
     for text, message in (('{"fingerprint": ', "damaged or truncated"), ("[1, 2]", "not the JSON object")):
         manifest.write_text(text)
         one_line_error(run_cli(*certify_args(trained_mini, out, *QUICK, "--max", 3)), message)
@@ -209,7 +209,7 @@ def test_sigma_files_are_checked_in_float32(run_cli, trained_mini, tmp_path):
     out = tmp_path / "odd.tsv"
     args = ["certify", "--checkpoint", trained_mini / "checkpoint.pt", "--sigma", tmp_path / "odd.pt", "--out", out]
     assert run_cli(*args, *QUICK, "--max", 2).code == 0
-    manifest = json.loads((tmp_path / "odd.manifest.json").read_text())  # strict JSON: no NaN, no tensors
+    manifest = json.loads((tmp_path / "odd.tsv.manifest.json").read_text())  # strict JSON: no NaN, no tensors
     assert manifest["sigma"]["extra"].startswith("tensor(")
 
 
@@ -375,14 +375,19 @@ def test_random_damage_either_gives_the_clean_result_or_one_line(run_cli, traine
     table = run_cli("plot", "table", clean, "--at", "0,0.1").stdout
     outcomes = {"same result": 0, "one-line error": 0}
     for kind in ("table", "manifest", "sigma", "checkpoint"):
-        path = {"table": clean, "manifest": tmp_path / "clean.manifest.json", "sigma": sigma, "checkpoint": checkpoint}
+        path = {
+            "table": clean,
+            "manifest": tmp_path / "clean.tsv.manifest.json",
+            "sigma": sigma,
+            "checkpoint": checkpoint,
+        }
         pristine = path[kind].read_bytes()
         for number, damaged in enumerate(damaged_copies(pristine, 9, rng)):
             out = tmp_path / f"{kind}{number}.tsv"
             if kind in ("table", "manifest"):  # damage a finished table or its manifest, then resume it
                 shutil.copy(clean, out)
-                shutil.copy(tmp_path / "clean.manifest.json", tmp_path / f"{kind}{number}.manifest.json")
-                (out if kind == "table" else tmp_path / f"{kind}{number}.manifest.json").write_bytes(damaged)
+                shutil.copy(tmp_path / "clean.tsv.manifest.json", tmp_path / f"{kind}{number}.tsv.manifest.json")
+                (out if kind == "table" else tmp_path / f"{kind}{number}.tsv.manifest.json").write_bytes(damaged)
             else:  # damage an input file, then certify with it
                 path[kind].write_bytes(damaged)
             result = run_cli(*base, "--checkpoint", checkpoint, "--sigma", sigma, "--out", out)

@@ -48,6 +48,11 @@ STOP = typer.Option(
 OUT_TSV = typer.Option(
     None, "--out", help="Result TSV; manifest and summary JSON go beside it (default RUNS_DIR/<dataset>/<command>/...)."
 )
+FORCE = typer.Option(
+    False,
+    "--force",
+    help="Start --out over whatever it holds (another file, rows made otherwise) instead of refusing or resuming.",
+)
 
 
 def spec_from(dataset: str, options: dict[str, Any], assignments: list[str]):

@@ -18,6 +18,7 @@ from nrs_cli.cli.options import (
     DATASET,
     DEVICE,
     EVAL_MAX,
+    FORCE,
     INIT,
     INIT_STEP,
     INITS,
@@ -149,6 +150,7 @@ def certify_command(
     precision: Optional[str] = PRECISION,
     device: Optional[str] = DEVICE,
     out: Optional[Path] = OUT_TSV,
+    force: bool = FORCE,
     runs_dir: Path = RUNS_DIR,
     data_root: Optional[Path] = DATA_ROOT,
     set_: list[str] = SET,
@@ -172,7 +174,8 @@ def certify_command(
         "certify.max": max_,
         **engine_options(chunk_size, batch, seed, precision, device),
     }
-    job, note = smoothed_job("certify", spec_from(dataset, options, set_), data_root, checkpoint, runs_dir, sigma, out)
+    spec = spec_from(dataset, options, set_)
+    job, note = smoothed_job("certify", spec, data_root, checkpoint, runs_dir, sigma, out, force)
     if note:
         console.print(note)
     c = job.spec.certify
@@ -214,6 +217,7 @@ def predict_command(
     precision: Optional[str] = PRECISION,
     device: Optional[str] = DEVICE,
     out: Optional[Path] = OUT_TSV,
+    force: bool = FORCE,
     runs_dir: Path = RUNS_DIR,
     data_root: Optional[Path] = DATA_ROOT,
     set_: list[str] = SET,
@@ -230,7 +234,8 @@ def predict_command(
         "certify.max": max_,
         **engine_options(chunk_size, batch, seed, precision, device),
     }
-    job, note = smoothed_job("predict", spec_from(dataset, options, set_), data_root, checkpoint, runs_dir, sigma, out)
+    spec = spec_from(dataset, options, set_)
+    job, note = smoothed_job("predict", spec, data_root, checkpoint, runs_dir, sigma, out, force)
     if note:
         console.print(note)
     describe = f"predict: {job.spec.name} {job.spec.certify.split}, sigma {job.sigma.label}, n={job.spec.certify.n}"

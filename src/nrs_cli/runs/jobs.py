@@ -39,9 +39,17 @@ def train_job(spec: RunSpec, data_root, runs_dir: Path, name: str, noise: str | 
 
 
 def smoothed_job(
-    command: str, spec: RunSpec, data_root, checkpoint: Path | None, runs_dir: Path, sigma: str | None, out: Path | None
+    command: str,
+    spec: RunSpec,
+    data_root,
+    checkpoint: Path | None,
+    runs_dir: Path,
+    sigma: str | None,
+    out: Path | None,
+    force: bool = False,
 ) -> tuple[SmoothedJob, str]:
-    """``certify`` / ``predict``: model, sigma (given, or the default and why), inputs and output path."""
+    """``certify`` / ``predict``: model, sigma (given, or the default and why), inputs and output path
+    (``force``: start it over whatever it holds)."""
     layout = RunLayout(runs_dir, spec.name)
     checkpoint = layout.base_checkpoint(checkpoint)
     model, _ = load_checkpoint(checkpoint, spec)
@@ -53,7 +61,7 @@ def smoothed_job(
     inputs = load_split(spec.data, spec.certify.split, data_root)
     out = out or layout.result_tsv(command, chosen.tag, spec.certify.n)
     device = resolve_device(spec.engine.device)
-    return SmoothedJob(spec, model, chosen, inputs, out, device, str(checkpoint)), note
+    return SmoothedJob(spec, model, chosen, inputs, out, device, str(checkpoint), replace=force), note
 
 
 def optimize_job(spec: RunSpec, data_root, checkpoint: Path | None, runs_dir: Path, name: str) -> OptimizeJob:
