@@ -3,13 +3,11 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from processes import interruptible, wait_for_rows
+from processes import Hold, start_nrs
 
 from nrs_cli.io.models import build_model, save_checkpoint
 from nrs_cli.io.spec import load_spec
@@ -106,27 +104,10 @@ def test_predict(run_cli, trained_mini, tmp_path):
     assert sum(r["correct"] == "1" for r in rows) >= 8
 
 
-def launch_certify(trained_mini, out, extra=(), inputs=60):
-    args = [
-        sys.executable,
-        "-m",
-        "nrs_cli",
-        "certify",
-        "--checkpoint",
-        str(trained_mini / "checkpoint.pt"),
-        "--out",
-        str(out),
-        "--sigma",
-        "0.25",
-        "--n0",
-        "20",
-        "--n",
-        "400",
-        "--max",
-        str(inputs),
-        *extra,
-    ]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+def launch_certify(trained_mini, out, hold: Hold, inputs=60):
+    args = ["certify", "--checkpoint", trained_mini / "checkpoint.pt", "--out", out, "--sigma", 0.25]
+    # --chunk-size 100: rows come two at a time on any device, so a held run is held mid-table
+    return start_nrs(*args, "--n0", 20, "--n", 400, "--max", inputs, "--chunk-size", 100, hold=hold)
 
 
 def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
@@ -134,8 +115,9 @@ def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
     assert certify(run_cli, trained_mini, full, "--sigma", 0.25, "--n0", 20, "--n", 400, "--max", 60).code == 0
 
     out = tmp_path / "killed.tsv"
-    process = launch_certify(trained_mini, out)
-    wait_for_rows(out, 5, process)
+    hold = Hold(tmp_path, "rows", 5)
+    process = launch_certify(trained_mini, out, hold)
+    hold.wait(process)
     process.kill()  # no chance to clean up, as after a crash or a lost machine
     process.wait()
     written = len(read_results(out))
@@ -149,8 +131,9 @@ def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
 
 def test_interrupted_run_says_so_in_one_line_and_exits_2(trained_mini, tmp_path):
     out = tmp_path / "int.tsv"
-    process = launch_certify(trained_mini, out, inputs=500)  # long enough to be caught running on a loaded machine
-    wait_for_rows(out, 3, process)
+    hold = Hold(tmp_path, "rows", 3)
+    process = launch_certify(trained_mini, out, hold)
+    hold.wait(process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2

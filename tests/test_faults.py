@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures import write_idx, write_mnist_raw
-from processes import start_nrs, wait_for_rows
+from processes import Hold, start_nrs
 
 from nrs_cli.io.models import build_model, save_checkpoint
 from nrs_cli.io.spec import load_spec
@@ -28,7 +28,7 @@ from nrs_cli.method.sigma import save_sigma
 from nrs_cli.runs.certification import read_results
 
 QUICK = ["--n0", 10, "--n", 60]
-SLOW = ["--n0", 20, "--n", 400, "--max", 40]  # long enough to be caught in the middle
+HELD = [*QUICK, "--chunk-size", 20]  # rows come two at a time, so a run held after k rows is held mid-table
 
 
 def one_line_error(result, *parts: str) -> None:
@@ -55,53 +55,72 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_a_second_writer_is_refused_naming_the_holder_and_the_first_finishes(run_cli, trained_mini, tmp_path):
     out = tmp_path / "shared.tsv"
-    first = start_nrs(*certify_args(trained_mini, out, *SLOW))
-    wait_for_rows(out, 2, first)
-    second = start_nrs(*certify_args(trained_mini, out, *SLOW))
-    _, stderr = second.communicate(timeout=120)
+    hold = Hold(tmp_path, "rows", 2)
+    first = start_nrs(*certify_args(trained_mini, out, *HELD, "--max", 6), hold=hold)
+    hold.wait(first)  # the first holds the output, rows written, whatever the machine's speed
+    second = start_nrs(*certify_args(trained_mini, out, *HELD, "--max", 6))
+    _, stderr = second.communicate(timeout=300)
     assert second.returncode == 2 and stderr.count("\n") == 1
     assert f"is being written by nrs process {first.pid}" in stderr
+    hold.release()
     assert first.wait(timeout=300) == 0
     clean = tmp_path / "clean.tsv"
-    assert run_cli(*certify_args(trained_mini, clean, *SLOW)).code == 0
+    assert run_cli(*certify_args(trained_mini, clean, *HELD, "--max", 6)).code == 0
     assert rows_without_time(out) == rows_without_time(clean)
 
 
 def test_two_writers_started_together_leave_one_complete_table(trained_mini, tmp_path):
     out = tmp_path / "race.tsv"
-    processes = [start_nrs(*certify_args(trained_mini, out, *QUICK, "--max", 20)) for _ in range(2)]
-    codes = sorted(p.wait(timeout=300) for p in processes)
-    assert codes == [0, 2]
-    assert [int(r["idx"]) for r in read_results(out)] == list(range(20))
+    hold = Hold(tmp_path, "rows", 1)  # whichever takes the lock holds it until the other has been refused
+    processes = [start_nrs(*certify_args(trained_mini, out, *HELD, "--max", 6), hold=hold) for _ in range(2)]
+    deadline = time.time() + 300
+    while all(p.poll() is None for p in processes):
+        assert time.time() < deadline
+        time.sleep(0.02)
+    (refused,) = [p for p in processes if p.poll() is not None]
+    assert refused.returncode == 2 and "is being written by nrs process" in refused.communicate()[1]
+    hold.release()
+    (writer,) = [p for p in processes if p is not refused]
+    assert writer.wait(timeout=300) == 0
+    assert [int(r["idx"]) for r in read_results(out)] == list(range(6))
 
 
 def test_sigterm_is_one_line_exit_2_and_the_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
     out = tmp_path / "term.tsv"
-    process = start_nrs(*certify_args(trained_mini, out, *SLOW))
-    wait_for_rows(out, 3, process)
+    hold = Hold(tmp_path, "rows", 3)
+    process = start_nrs(*certify_args(trained_mini, out, *HELD, "--max", 8), hold=hold)
+    hold.wait(process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2 and stderr.startswith("error: terminated (SIGTERM)") and stderr.count("\n") == 1
     kept = read_results(out)
-    assert len(kept) >= 3
-    assert run_cli(*certify_args(trained_mini, out, *SLOW)).code == 0
+    assert 3 <= len(kept) < 8
+    assert run_cli(*certify_args(trained_mini, out, *HELD, "--max", 8)).code == 0
     clean = tmp_path / "clean.tsv"
-    assert run_cli(*certify_args(trained_mini, clean, *SLOW)).code == 0
+    assert run_cli(*certify_args(trained_mini, clean, *HELD, "--max", 8)).code == 0
     assert rows_without_time(out) == rows_without_time(clean) and read_results(out)[: len(kept)] == kept
 
 
 def test_killed_at_any_moment_the_next_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
-    """SIGKILL at start-up, between the manifest and the table, and mid-run: each rerun takes over the lock."""
+    """SIGKILL during start-up (whatever it had done by then), and held after 2 and after 6 rows: each
+    rerun takes over the lock and resumes."""
     out = tmp_path / "killed.tsv"
-    args = certify_args(trained_mini, out, *QUICK, "--max", 30)
-    for delay in (0.3, 1.5, 2.5, 3.5):
+    args = certify_args(trained_mini, out, *HELD, "--max", 12)
+    for delay in (0.3, 1.5):
         process = start_nrs(*args)
         time.sleep(delay)
         process.kill()
         process.wait()
+    for rows in (2, 6):
+        hold = Hold(tmp_path, "rows", rows)
+        process = start_nrs(*args, hold=hold)
+        hold.wait(process)
+        process.kill()
+        process.wait()
+    assert len(read_results(out)) >= 6
     assert run_cli(*args).code == 0
     clean = tmp_path / "clean.tsv"
-    assert run_cli(*certify_args(trained_mini, clean, *QUICK, "--max", 30)).code == 0
+    assert run_cli(*certify_args(trained_mini, clean, *HELD, "--max", 12)).code == 0
     assert rows_without_time(out) == rows_without_time(clean)
 
 
@@ -253,7 +272,7 @@ def test_a_changed_nrs_checkpoint_is_refused_by_its_digest(run_cli, trained_mini
         (["train-base", "--lr", -1], "train.lr: expected a positive number"),
         (["train-base", "--epochs", -1], "train.epochs: expected 0 or more"),
         (["train-base", "--set", "data.mean=[0.1, 0.2]"], "data.mean and data.std need one value per channel"),
-        (["train-base", "--set", "name=../../x"], "name: expected letters, digits"),
+        (["train-base", "--set", "name=../../x"], "name: expected up to 100 letters, digits"),
         (["train-base", "--seed", 2**64], "seed: expected an integer from 0 to 2^63 - 1"),
         (["plot", "table", "x.tsv", "--axis", "all"], "unknown axis 'all'"),
         (["visualize-sigma", "s.pt", "--columns", -1], "--columns"),
@@ -318,12 +337,10 @@ def test_train_base_resumes_exactly_and_a_failed_rerun_keeps_the_run(run_cli, tm
     monkeypatch.chdir(tmp_path)
     args = ["train-base", "--train-size", 2048, "--set", "train.batch_size=64", "--epochs", 3]
     assert run_cli(*args, "--name", "whole").code == 0
-    process = start_nrs(*args, "--name", "cut", cwd=tmp_path)
+    hold = Hold(tmp_path, "epochs", 1)
+    process = start_nrs(*args, "--name", "cut", cwd=tmp_path, hold=hold)
     metrics = tmp_path / "runs" / "mnist-mini" / "cut" / "metrics.csv"
-    deadline = time.time() + 120
-    while not metrics.exists():
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.02)
+    hold.wait(process)  # epoch 1 saved, epochs 2 and 3 to come
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2 and stderr.startswith("error: interrupted") and stderr.count("\n") == 1

@@ -149,7 +149,8 @@ def _allocation_size(text: str) -> str:
 
 def _os_error(err: OSError) -> str:
     """One line for a failed read or write: what, where and why."""
-    where = f" {err.filename}" if err.filename else ""
+    name = str(err.filename) if err.filename else ""
+    where = f" {name if len(name) <= 300 else name[:150] + '...' + name[-100:]}" if name else ""
     return f"cannot access{where}: {err.strerror or err}"
 
 

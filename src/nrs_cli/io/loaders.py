@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import tarfile
+import warnings
 from collections import Counter
 from importlib.resources import files
 from pathlib import Path
@@ -39,6 +40,30 @@ from nrs_cli.io.spec import DataSpec
 # Object types of KITTI's 2D detection labels, in the order that breaks ties
 # when two types are equally frequent in an image. DontCare regions are ignored.
 KITTI_CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc")
+
+
+# Decoded images larger than this are refused (PIL's decompression-bomb guard, as an error rather than a
+# warning): a few hundred bytes of PNG can otherwise expand to gigabytes. ImageNet's largest is under 2^25.
+MAX_IMAGE_PIXELS = 2**27
+
+
+def open_rgb(source: str | os.PathLike | bytes, where: str):
+    """An image file (or its bytes) decoded to RGB, with a one-line error for a damaged file or a
+    decompression bomb."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise NrsError(
+            f"{where}: the image is larger than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise NrsError(f"{where}: cannot read the image: {err}") from None
 
 
 def load_split(spec: DataSpec, split: str, root: str | os.PathLike | None = None) -> Dataset:
@@ -134,13 +159,17 @@ def _image_transform(spec: DataSpec):
     return transforms.Compose(steps)
 
 
+def _open_image_file(path: str):
+    return open_rgb(path, path)
+
+
 def _image_folder(spec: DataSpec, folder: Path, what: str, layout: str, root: Path) -> Dataset:
     from torchvision.datasets import ImageFolder
 
     if not folder.is_dir():
         raise missing_data(what, root, layout)
     try:
-        dataset = ImageFolder(str(folder), transform=_image_transform(spec))
+        dataset = ImageFolder(str(folder), transform=_image_transform(spec), loader=_open_image_file)
     except (FileNotFoundError, RuntimeError) as err:
         raise NrsError(f"{what}: cannot read {folder}: {err}") from None
     if len(dataset.classes) != spec.num_classes:
@@ -185,11 +214,29 @@ def read_cifar10_batches(folder: Path, split: str) -> ImageTensorDataset:
         try:
             with open(folder / name, "rb") as handle:
                 batch = _ArrayUnpickler(handle, encoding="latin1").load()
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch["labels"])
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+        except (OSError, pickle.UnpicklingError, ValueError, EOFError, AttributeError, IndexError) as err:
             raise NrsError(f"cannot read CIFAR-10 batch {folder / name}: {err}") from None
-    return ImageTensorDataset(torch.from_numpy(np.concatenate(images)), torch.tensor(labels))
+        pixels, classes = _cifar_batch_arrays(batch, folder / name)
+        images.append(pixels)
+        labels.append(classes)
+    return ImageTensorDataset(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
+
+
+def _cifar_batch_arrays(batch, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's pixels (N, 3, 32, 32) uint8 and labels (N,) int64, after checking what the pickle holds:
+    a dict with ``data`` (N x 3072 whole numbers from 0 to 255) and ``labels`` (N whole numbers)."""
+    if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
+        raise NrsError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'")
+    data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    if data.dtype.kind not in "uif" or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise NrsError(f"{path}: its data is {data.dtype} {data.shape}, not N x 3072 pixel values (damaged?)")
+    if data.size and (not np.isfinite(data).all() or data.min() < 0 or data.max() > 255 or (data % 1).any()):
+        raise NrsError(f"{path}: its pixels must be whole numbers from 0 to 255 (found {data.min()} to {data.max()})")
+    if labels.dtype.kind not in "ui" or labels.shape != (len(data),):
+        raise NrsError(
+            f"{path}: its labels are {labels.dtype} {labels.shape}, not {len(data)} whole numbers (damaged?)"
+        )
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -199,7 +246,6 @@ CIFAR10_ARCHIVE = "cifar10-jpeg.tar.gz"  # the JPEG copy as distributed: cifar10
 def read_cifar10_images(source: Path, split: str) -> ImageTensorDataset:
     """An image copy of CIFAR-10 (``<split>/<class>/<image>``), from its folder or straight from its .tar.gz,
     decoded into memory (60,000 JPEGs take a few seconds), in class then file-name order."""
-    from PIL import Image
 
     found: dict[str, list[tuple[str, bytes]]] = {}
     for class_name, name, data in _image_files(source, split):
@@ -214,11 +260,7 @@ def read_cifar10_images(source: Path, split: str) -> ImageTensorDataset:
     images, labels = [], []
     for label, class_name in enumerate(CIFAR10_CLASSES):
         for name, data in sorted(found[class_name]):
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    pixels = np.asarray(image.convert("RGB"))
-            except (OSError, ValueError) as err:
-                raise NrsError(f"{source}: cannot read {split}/{class_name}/{name}: {err}") from None
+            pixels = np.asarray(open_rgb(data, f"{source}: {split}/{class_name}/{name}"))
             if pixels.shape != (32, 32, 3):
                 raise NrsError(
                     f"{source}: {split}/{class_name}/{name} is {pixels.shape[1]}x{pixels.shape[0]}, not 32x32"
@@ -315,11 +357,8 @@ class KittiClassification(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            return self.transform(image.convert("RGB")), label
+        return self.transform(open_rgb(path, path)), label
 
 
 def kitti_image_label(label_file: str | os.PathLike) -> int | None:

@@ -110,6 +110,27 @@ def check_fingerprint(path: str | os.PathLike, recorded: Any, current: dict[str,
         raise NrsError(f"refusing to resume {path}: it was made with a different {shown} ({remedy})")
 
 
+TEST_PAUSE = "NRS_TEST_PAUSE"  # test-only: see pause_for_tests
+
+
+def pause_for_tests(point: str, count: int) -> None:
+    """A test-only hook that holds a run at a known point, so a test of two writers or of a signal never
+    races the process it drives (however fast or loaded the machine).
+
+    With ``NRS_TEST_PAUSE="<point> <count> <file>"`` set (``rows`` of a result table, ``epochs`` of
+    training), a run that has written ``count`` or more creates ``<file>.paused`` and waits, holding
+    its lock, until ``<file>`` exists; a signal ends it there as anywhere. Unset (always, outside
+    tests), this does nothing.
+    """
+    hook = os.environ.get(TEST_PAUSE, "").split(" ", 2)
+    if len(hook) != 3 or hook[0] != point or not hook[1].isdigit() or count < int(hook[1]):
+        return
+    go = Path(hook[2])
+    go.with_name(go.name + ".paused").touch()
+    while not go.exists():
+        time.sleep(0.02)
+
+
 class OutputLock:
     """An exclusive lock on an output for as long as one process writes it; its side-cars are covered too.
 

@@ -31,7 +31,7 @@ from nrs_cli.errors import NrsError
 from nrs_cli.io.collective import SINGLE_PROCESS, Collective
 from nrs_cli.io.data import inputs_digest, iterate_batches, selected_indices
 from nrs_cli.io.models import model_digest
-from nrs_cli.io.runstate import OutputLock, spec_sections, write_manifest
+from nrs_cli.io.runstate import OutputLock, pause_for_tests, spec_sections, write_manifest
 from nrs_cli.io.serialization import json_ready, read_json, write_json
 from nrs_cli.io.spec import RunSpec
 from nrs_cli.io.tables import (
@@ -336,6 +336,7 @@ def _fill_table(
             row.update(idx=index, label=label, correct=int(row["predict"] == label), time=per_input)
         table.append(rows)
         processed += len(indices)
+        pause_for_tests("rows", done + processed)
         if on_rows:
             on_rows(done + processed, done + len(todo))
     return processed

@@ -195,7 +195,7 @@ class OptimizeContext:
             job=job,
             engine=build_engine(job.model, job.spec, job.device),
             eval_indices=selected_indices(len(job.test_set), 1, o.eval_max),
-            steps=steps or o.steps_per_sub_epoch or math.ceil(len(job.train_set) / o.batch_size),
+            steps=steps if steps is not None else o.steps_per_sub_epoch or math.ceil(len(job.train_set) / o.batch_size),
             p_hat_max=p_hat_ceiling(o),
             emit=on_event or (lambda event: None),
         )
