@@ -235,6 +235,7 @@ class ResultTable:
                 )
         write_manifest(self.manifest_path, self.schema.name, spec, fingerprint=fingerprint, resumed=resumed, **manifest)
         if not rows and not resumed:  # new, or only a header left by an interrupted start
+            sidecar(self.path, "summary").unlink(missing_ok=True)  # it summarised rows no longer there
             atomic_write_text("\t".join(self.schema.header) + "\n", os.path.realpath(self.path))
             self._output.replaced()
         return rows

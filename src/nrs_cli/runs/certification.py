@@ -79,8 +79,8 @@ def read_results(path: str | Path) -> list[dict[str, str]]:
     """The rows of a certify or predict table, every cell, row and the table as a whole checked
     (:func:`check_results`) against what its manifest and summary say, where it has them."""
     rows = read_table(path, RESULT_SCHEMAS)
-    manifest = existing_sidecar(path, "manifest")
-    check_results(Path(path), rows, read_json(manifest, "manifest") if manifest else {})
+    manifest = sidecar(path, "manifest")  # its own: one named as before may be another table's
+    check_results(Path(path), rows, read_json(manifest, "manifest") if manifest.is_file() else {})
     return rows
 
 
@@ -124,22 +124,22 @@ def _check_indices(path: Path, indices: list[int], fingerprint: Any) -> None:
     if isinstance(skip, int) and skip >= 1 and rank.isdigit() and world.isdigit() and int(world) >= 1:
         due = range(int(rank) * skip, 2**63, skip * int(world))
     first_seen: dict[int, int] = {}
-    for position, index in enumerate(indices):
-        line = position + 2
+    for line, index in enumerate(indices, 2):
         if index in first_seen:
             raise NrsError(f"{path} line {line}: input {index} again (first on line {first_seen[index]})")
         first_seen[index] = line
-        if position and index < indices[position - 1]:
-            raise NrsError(f"{path} line {line}: input {index} after input {indices[position - 1]} (out of order)")
-        if due is not None and index != due[position]:
-            raise NrsError(f"{path} line {line}: input {index} where input {due[position]} is due (a row is missing)")
+        if line > 2 and index < indices[line - 3]:
+            raise NrsError(f"{path} line {line}: input {index} after input {indices[line - 3]} (out of order)")
+    for line, (index, expected) in enumerate(zip(indices, due or []), 2):
+        if index != expected:
+            raise NrsError(f"{path} line {line}: input {index} where input {expected} is due (a row is missing)")
 
 
 def _check_summary(path: Path, rows: list[dict[str, str]]) -> None:
     """A summary written for exactly these rows must give the counts the rows give."""
-    found = existing_sidecar(path, "summary")
+    found = sidecar(path, "summary")
     try:
-        summary = read_json(found, "summary") if found else {}
+        summary = read_json(found, "summary") if found.is_file() else {}
     except NrsError:
         return  # a summary only reports; a damaged one is rewritten by the next run
     if summary.get("inputs") != len(rows):

@@ -51,13 +51,14 @@ def smoothed_job(
     """``certify`` / ``predict``: model, sigma (given, or the default and why), inputs and output path
     (``force``: start it over whatever it holds)."""
     layout = RunLayout(runs_dir, spec.name)
+    given = parse_sigma(sigma, spec) if sigma is not None else None  # checked before anything is loaded
     checkpoint = layout.base_checkpoint(checkpoint)
     model, _ = load_checkpoint(checkpoint, spec)
-    if sigma is None:
+    if given is None:
         chosen, why = default_sigma(spec, layout, model, checkpoint)
         note = f"sigma: {chosen.source or chosen.label} ({why}; pass --sigma to choose)"
     else:
-        chosen, note = parse_sigma(sigma, spec), ""
+        chosen, note = given, ""
     inputs = load_split(spec.data, spec.certify.split, data_root)
     out = out or layout.result_tsv(command, chosen.tag, spec.certify.n)
     device = resolve_device(spec.engine.device)
