@@ -422,6 +422,12 @@ def test_a_lock_file_that_is_a_link_is_refused_and_what_it_points_to_is_kept(run
         (run / ".lock").symlink_to(victim)
         one_line_error(run_cli(*args, "--runs-dir", tmp_path / "runs"), ".lock: it is a symbolic link")
     assert victim.read_text() == "results of a colleague\n" and not out.exists()
+    table = tmp_path / "t.tsv"  # side-cars and figures are replaced, not written through a link
+    for link in (sidecar(table, "manifest"), sidecar(table, "summary"), tmp_path / "f.png"):
+        link.symlink_to(victim)
+    assert run_cli(*certify_args(trained_mini, table, *QUICK, "--max", 2)).code == 0
+    assert run_cli("plot", "certified-accuracy", table, "--axis", "radius", "--out", tmp_path / "f").code == 0
+    assert victim.read_text() == "results of a colleague\n" and not (tmp_path / "f.png").is_symlink()
 
 
 def test_an_existing_file_that_is_not_a_table_of_the_kind_is_refused_unless_forced(run_cli, trained_mini, tmp_path):

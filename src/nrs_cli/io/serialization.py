@@ -61,6 +61,10 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     _atomic_write(path, "w", lambda handle: handle.write(text))
 
 
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    _atomic_write(path, "wb", lambda handle: handle.write(data))
+
+
 def _atomic_write(path: str | os.PathLike, mode: str, write) -> None:
     """Write a new file beside ``path`` and rename it into place.
 
