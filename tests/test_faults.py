@@ -630,6 +630,40 @@ def test_memory_running_out_is_one_line_naming_what_to_lower_and_keeps_the_table
     assert "memory ran out" in result.stderr and "lower --chunk-size, --batch-size or --n0" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "failure, message",
+    [
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79 GiB total)"), "GPU"),
+        (
+            RuntimeError(
+                "[enforce fail] DefaultCPUAllocator: not enough memory: you tried to allocate 4294967296 bytes"
+            ),
+            "CPU",
+        ),
+        (MemoryError(), "CPU"),
+    ],
+)
+def test_every_kind_of_allocation_failure_is_the_same_one_line(
+    run_cli, trained_mini, tmp_path, monkeypatch, failure, message
+):
+    def allocate(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr("nrs_cli.runs.certification.certify_table", allocate)
+    result = run_cli(*certify_args(trained_mini, tmp_path / "x.tsv", *QUICK))
+    one_line_error(result, f"{message} memory ran out", "lower --chunk-size; everything written so far is kept")
+    assert "GiB" in result.stderr or isinstance(failure, MemoryError)
+
+
+def test_any_other_runtime_error_is_a_bug_with_its_traceback(run_cli, trained_mini, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch in layer fc2")
+
+    monkeypatch.setattr("nrs_cli.runs.certification.certify_table", broken)
+    result = run_cli(*certify_args(trained_mini, tmp_path / "x.tsv", *QUICK))
+    assert result.code == 1 and "Traceback" in result.stderr and "a bug in nrs" in result.stderr
+
+
 def with_file_size_limit(limit: int):
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
