@@ -76,7 +76,7 @@ def main() -> None:
             started = time.perf_counter()
             subprocess.run(command, check=True, capture_output=True, env=env)
             wall = time.perf_counter() - started
-            summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
+            summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
             rate = summary["samples_per_second"]
             first = first or rate
             rows.append([str(processes), str(threads), f"{rate:,.0f}", f"{rate / first:.2f}x", f"{wall:.1f}"])

@@ -3,13 +3,11 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from processes import interruptible, wait_for_rows
+from processes import Hold, start_nrs
 
 from nrs_cli.io.models import build_model, save_checkpoint
 from nrs_cli.io.spec import load_spec
@@ -39,15 +37,15 @@ def test_certify_writes_cohens_columns_then_ours(run_cli, trained_mini, tmp_path
     assert header[:6] == ["idx", "label", "predict", "radius", "correct", "time"] and header == CERTIFY_SCHEMA.header
     rows = read_results(out)
     assert [int(r["idx"]) for r in rows] == list(range(12))
-    summary = json.loads((tmp_path / "iso.summary.json").read_text())
-    manifest = json.loads((tmp_path / "iso.manifest.json").read_text())
+    summary = json.loads((tmp_path / "iso.tsv.summary.json").read_text())
+    manifest = json.loads((tmp_path / "iso.tsv.manifest.json").read_text())
     assert summary["inputs"] == 12 and summary["certified_accuracy"] == sum(r["correct"] == "1" for r in rows) / 12
     assert summary["certified_accuracy"] >= 0.75 and "certified accuracy" in result.stdout
     assert manifest["fingerprint"]["n"] == 100 and manifest["sigma"]["label"] == "0.25"
     assert summary["samples_per_second"] > 0
     rerun = certify(run_cli, trained_mini, out, "--sigma", 0.25, *QUICK)  # nothing left to do
     assert rerun.code == 0 and read_results(out) == rows
-    assert json.loads((tmp_path / "iso.summary.json").read_text()) == summary  # throughput measured before kept
+    assert json.loads((tmp_path / "iso.tsv.summary.json").read_text()) == summary  # throughput measured before kept
     for row in rows:
         if row["predict"] != "-1":  # isotropic: radius = sigma * Phi^-1(pA_lower) = gm_radius
             assert float(row["radius"]) == pytest.approx(0.25 * float(row["icdf"]), rel=1e-6)
@@ -82,7 +80,7 @@ def test_anisotropic_sigma_file_and_two_sided_bound(run_cli, trained_mini, tmp_p
             R = float(row["icdf"])
             assert float(row["radius"]) == pytest.approx(0.2 * R, rel=1e-6)  # the smallest semi-axis
             assert float(row["pB_upper"]) <= 1 - float(row["pA_lower"]) + 1e-9  # 10 digits in the file
-    assert json.loads((tmp_path / "aniso.manifest.json").read_text())["sigma"]["method"] == "anisotropic"
+    assert json.loads((tmp_path / "aniso.tsv.manifest.json").read_text())["sigma"]["method"] == "anisotropic"
 
 
 def test_predict(run_cli, trained_mini, tmp_path):
@@ -106,27 +104,10 @@ def test_predict(run_cli, trained_mini, tmp_path):
     assert sum(r["correct"] == "1" for r in rows) >= 8
 
 
-def launch_certify(trained_mini, out, extra=(), inputs=60):
-    args = [
-        sys.executable,
-        "-m",
-        "nrs_cli",
-        "certify",
-        "--checkpoint",
-        str(trained_mini / "checkpoint.pt"),
-        "--out",
-        str(out),
-        "--sigma",
-        "0.25",
-        "--n0",
-        "20",
-        "--n",
-        "400",
-        "--max",
-        str(inputs),
-        *extra,
-    ]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+def launch_certify(trained_mini, out, hold: Hold, inputs=60):
+    args = ["certify", "--checkpoint", trained_mini / "checkpoint.pt", "--out", out, "--sigma", 0.25]
+    # --chunk-size 100: rows come two at a time on any device, so a held run is held mid-table
+    return start_nrs(*args, "--n0", 20, "--n", 400, "--max", inputs, "--chunk-size", 100, hold=hold)
 
 
 def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
@@ -134,8 +115,9 @@ def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
     assert certify(run_cli, trained_mini, full, "--sigma", 0.25, "--n0", 20, "--n", 400, "--max", 60).code == 0
 
     out = tmp_path / "killed.tsv"
-    process = launch_certify(trained_mini, out)
-    wait_for_rows(out, 5, process)
+    hold = Hold(tmp_path, "rows", 5)
+    process = launch_certify(trained_mini, out, hold)
+    hold.wait(process)
     process.kill()  # no chance to clean up, as after a crash or a lost machine
     process.wait()
     written = len(read_results(out))
@@ -145,13 +127,14 @@ def test_killed_run_resumes_to_the_same_file(run_cli, trained_mini, tmp_path):
     resumed = certify(run_cli, trained_mini, out, "--sigma", 0.25, "--n0", 20, "--n", 400, "--max", 60)
     assert resumed.code == 0 and f"resuming after row {written} of 60\n" in resumed.stdout
     assert without_time(out) == without_time(full)
-    assert json.loads((tmp_path / "killed.manifest.json").read_text())["resumed"]
+    assert json.loads((tmp_path / "killed.tsv.manifest.json").read_text())["resumed"]
 
 
 def test_interrupted_run_says_so_in_one_line_and_exits_2(trained_mini, tmp_path):
     out = tmp_path / "int.tsv"
-    process = launch_certify(trained_mini, out, inputs=500)  # long enough to be caught running on a loaded machine
-    wait_for_rows(out, 3, process)
+    hold = Hold(tmp_path, "rows", 3)
+    process = launch_certify(trained_mini, out, hold)
+    hold.wait(process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2
@@ -220,11 +203,11 @@ def bad_sigma_file(tmp_path, name, values):
         (["--sigma", 2000], "sigma has 784 values outside [1e-06, 1000]"),
         (["--sigma", 0.25, "--alpha", 0], "certify.alpha: expected a number strictly between 0 and 1, got 0.0"),
         (["--sigma", 0.25, "--alpha", 1.5], "certify.alpha: expected a number strictly between 0 and 1"),
-        (["--sigma", 0.25, "--n0", 0], "certify.n0: expected at least 1, got 0"),
-        (["--sigma", 0.25, "--n", 0], "certify.n: expected at least 1"),
+        (["--sigma", 0.25, "--n0", 0], "certify.n0: expected a number of samples from 1 to 10^12, got 0"),
+        (["--sigma", 0.25, "--n", 0], "certify.n: expected a number of samples from 1"),
         (["--sigma", 0.25, "--bound", "three-sided"], "certify.bound: expected one of one-sided, two-sided"),
-        (["--sigma", 0.25, "--skip", 0], "certify.skip: expected at least 1"),
-        (["--sigma", 0.25, "--max", -5], "certify.max: expected -1 (all) or a count, got -5"),
+        (["--sigma", 0.25, "--skip", 0], "certify.skip: expected a count from 1"),
+        (["--sigma", 0.25, "--max", -5], "certify.max: expected -1 (all) or a count up to 2^62, got -5"),
         (["--sigma", 0.25, "--chunk-size", -5], "engine.chunk_size: expected 0 (chosen per device)"),
         (["--sigma", 0.25, "--seed", 2**70], "seed: expected an integer from 0 to 2^63 - 1"),
         (["--sigma", 0.25, "--set", "certify.alpha="], "--set certify.alpha: no value (write null for none)"),

@@ -2,10 +2,9 @@ import json
 import re
 import shutil
 import signal
-import time
 from pathlib import Path
 
-from processes import start_nrs
+from processes import Hold, start_nrs
 
 from nrs_cli.version import __version__
 
@@ -84,11 +83,10 @@ def test_usage_errors_exit_2(run_cli):
 
 def certify_as_typed(folder: Path, runs: Path) -> tuple[str, Path]:
     """`nrs certify --n 1000 --alpha 0.001` in ``folder``, interrupted after its first rows: stdout and the TSV."""
-    process = start_nrs("certify", "--n", 1000, "--alpha", 0.001, cwd=folder)
-    deadline = time.time() + 300
-    while not (tsvs := sorted(runs.glob("certify/*.tsv"))) or tsvs[0].read_text().count("\n") < 2:
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.05)
+    hold = Hold(folder, "rows", 1)
+    process = start_nrs("certify", "--n", 1000, "--alpha", 0.001, cwd=folder, hold=hold)
+    hold.wait(process)
+    tsvs = sorted(runs.glob("certify/*.tsv"))
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 2 and stderr.startswith("error: interrupted"), stderr

@@ -132,21 +132,21 @@ def test_kitti_loader_drops_counts_resizes_and_splits(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, layout",
+    "name, layout, fetch",
     [
-        ("mnist", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte"),
-        ("fashion-mnist", "FashionMNIST/raw/"),
-        ("cifar10", "cifar-10-batches-py/{data_batch_1..5,test_batch}"),
-        ("imagenet", "imagenet/{train,val}/<wnid>/<image>.JPEG"),
-        ("kitti", "Kitti/raw/training/{image_2,label_2}/"),
+        ("mnist", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte", ""),
+        ("fashion-mnist", "FashionMNIST/raw/", ""),
+        ("cifar10", "cifar-10-batches-py/{data_batch_1..5,test_batch}", ""),
+        ("imagenet", "imagenet/{train,val}/<wnid>/<image>.JPEG", "ILSVRC2012_img_val.tar from image-net.org"),
+        ("kitti", "Kitti/raw/training/{image_2,label_2}/", "data_object_label_2.zip"),
     ],
 )
-def test_missing_data_names_the_expected_layout(tmp_path, name, layout):
+def test_missing_data_names_the_expected_layout_and_what_to_download(tmp_path, name, layout, fetch):
     spec = dataclasses.replace(load_spec(name).data, download=False)
     with pytest.raises(NrsError) as err:
         load_split(spec, "test", tmp_path)
     message = str(err.value)
-    assert layout in message and "--data-root" in message and "\n" not in message
+    assert layout in message and fetch in message and "--data-root" in message and "\n" not in message
 
 
 def test_missing_data_from_the_cli_exits_2_with_one_line(run_cli, tmp_path, monkeypatch):

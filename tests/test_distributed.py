@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from processes import Hold
 
 from nrs_cli.io.spec import load_spec
 from nrs_cli.method.sigma import load_sigma
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def torchrun(*args, processes=2, wait=True):
+def torchrun(*args, processes=2, wait=True, hold: Hold | None = None):
     command = [
         sys.executable,
         "-m",
@@ -33,7 +34,12 @@ def torchrun(*args, processes=2, wait=True):
     ]
     if not wait:
         return subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**ENV, **(hold.env if hold else {})},
+            start_new_session=True,
         )
     return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
 
@@ -146,11 +152,12 @@ def worker_pids(launcher_pid):
 
 def test_a_killed_rank_fails_the_launch_readably_and_a_rerun_completes(run_cli, trained_mini, tmp_path):
     out = tmp_path / "killed.tsv"
-    launcher = torchrun(*certify_args(trained_mini, out, n=400, stop=60), wait=False)
+    hold = Hold(tmp_path, "rows", 3)  # every rank holds after its third row: no shard can finish first
+    launcher = torchrun(*certify_args(trained_mini, out, n=400, stop=60), wait=False, hold=hold)
     shard = tmp_path / "killed.shard1of2.tsv"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (shard.exists() and shard.read_text().count("\n") > 3):
-        assert launcher.poll() is None, launcher.communicate()[1][-2000:]
+    deadline = time.time() + 300
+    while not (shard.exists() and shard.read_text().count("\n") > 3):
+        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[1][-2000:]
         time.sleep(0.1)
     workers = worker_pids(launcher.pid)
     assert len(workers) == 2

@@ -334,10 +334,11 @@ def test_optimize_sigma_cli_end_to_end(run_cli, trained_mini, tmp_path):
 def test_bad_sweep_options(run_cli, trained_mini, tmp_path):
     base = ["optimize-sigma", "--checkpoint", trained_mini / "checkpoint.pt", "--runs-dir", tmp_path]
     for args, message in [
-        (["--init", -0.1], "every initial sigma must be positive"),
-        (["--inits", 0], "must be at least 1"),
-        (["--eval-alpha", 2], "alpha must lie strictly between 0 and 1"),
-        (["--lr", 0], "lr and lr_decay must be positive"),
+        (["--init", -0.1], "optimize.init: expected a sigma from 1e-06 to 1000"),
+        (["--init", 0.1, "--init-step", -0.1, "--inits", 3], "every initial sigma must be positive"),
+        (["--inits", 0], "optimize.inits: expected from 1 to 10^4 constants"),
+        (["--eval-alpha", 2], "optimize.eval_alpha: expected a number strictly between 0 and 1"),
+        (["--lr", 0], "optimize.lr: expected a positive learning rate"),
         (["--eval-n", 4, "--cap-p-hat"], "cap_p_hat needs an evaluation that can certify"),
     ]:
         result = run_cli(*base, *args)

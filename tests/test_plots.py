@@ -8,6 +8,7 @@ import pytest
 import torch
 from matplotlib.ticker import PercentFormatter
 from PIL import Image
+from scipy.stats import norm
 
 from nrs_cli.experiments.figures import choose_sigmas
 from nrs_cli.io.spec import load_spec
@@ -33,21 +34,25 @@ ROWS = [
 
 
 def write_result(path, rows, method="anisotropic", init=0.3, sub_epoch=None):
+    """A certify table whose certificates follow from their bounds: smallest sigma 0.5, geometric mean 1."""
     table = []
     for i, (correct, area, radius) in enumerate(rows):
+        icdf = radius / 0.5  # 0 for the abstention
+        abstained = area == float("-inf")
+        pA_lower = float(norm.cdf(icdf)) if not abstained else 0.4
         table.append(
             {
                 "idx": i,
                 "label": 1,
-                "predict": 1 if correct else 2,
+                "predict": -1 if abstained else 1 if correct else 2,
                 "radius": radius,
                 "correct": correct,
                 "time": 0.1,
-                "pA_lower": 0.9,
-                "pB_upper": 0.1,
-                "icdf": 1.0,
+                "pA_lower": pA_lower,
+                "pB_upper": 1 - pA_lower,
+                "icdf": icdf,
                 "log_area": area,
-                "gm_radius": radius * 2,
+                "gm_radius": icdf,
             }
         )
     write_table(path, CERTIFY_SCHEMA, table)
@@ -222,7 +227,7 @@ def test_robustness_report_names_the_noisy_border_and_the_sensitive_centre():
 
 def test_default_table_thresholds_span_the_bulk_of_the_certificates(tmp_path):
     areas = np.linspace(-3000, -1000, 101)  # correct inputs, one certificate each
-    radii = np.linspace(0, 1, 101)
+    radii = np.linspace(0.001, 1, 101)  # a certified input has a positive radius
     result = load_result(write_result(tmp_path / "r.tsv", [(1, a, r) for a, r in zip(areas, radii)]))
     # 10th to 90th percentile: -2800 to -1200, step 400 rounded up to 500, from the multiple below
     assert default_thresholds([result], "log_area") == [-3000, -2500, -2000, -1500]

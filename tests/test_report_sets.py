@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nrs_cli.io.data import input_set, input_set_pools
+from nrs_cli.io.tables import sidecar
 from nrs_cli.method.statistics import (
     Outcomes,
     certified_accuracy_difference,
@@ -152,7 +153,7 @@ def test_sweep_chooses_on_the_selection_set_and_a_report_may_not_reuse_it(run_cl
     assert run_cli(*certify, "--out", out).code == 0
     reported = [int(row["idx"]) for row in read_results(out)]
     assert len(reported) == 15 and not set(reported) & set(chosen["indices"])
-    manifest = json.loads(out.with_name("report.manifest.json").read_text())
+    manifest = json.loads(sidecar(out, "manifest").read_text())
     assert manifest["fingerprint"]["inputs"] == "report"
     # a sigma chosen on inputs that the report would include is refused
     payload = torch.load(sigma_file, weights_only=True)

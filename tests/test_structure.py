@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "nrs_cli"
 BOTTOM = ["version", "errors"]
 LAYERS = {
-    "io": ["collective", "spec_files", "spec", "spec_template", "serialization", "runstate", "tables", "devices",
-           "distributed", "data", "folders", "loaders", "architectures", "models", "layout"],
+    "io": ["collective", "spec_files", "spec_ranges", "spec", "spec_template", "serialization", "runstate", "tables",
+           "devices", "distributed", "data", "folders", "loaders", "architectures", "models", "layout"],
     "method": ["noise", "sigma", "sampling", "certificate", "smooth", "algorithm1", "fronts", "statistics"],
     "runs": ["train", "certification", "work", "evaluation", "reference", "optimization", "sweep", "cooptimize", "jobs",
              "fit"],
@@ -124,10 +124,10 @@ def summary(tree: ast.Module) -> str:
 def module_map() -> str:
     """The README's map of the package: each layer and each of its modules with its first sentence."""
     trees = modules()
-    lines = []
+    lines, width = [], max(len(name) for names in LAYERS.values() for name in names) + 1
     for layer, names in LAYERS.items():
         lines.append(f"{layer}/  {summary(trees[f'{layer}.__init__'])}")
-        lines += [f"  {name:<16}{summary(trees[f'{layer}.{name}'])}" for name in names]
+        lines += [f"  {name:<{width}}{summary(trees[f'{layer}.{name}'])}" for name in names]
     return "\n".join(lines)
 
 

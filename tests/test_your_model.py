@@ -31,7 +31,7 @@ def test_a_torchvision_state_dict_and_a_folder_of_pngs(run_cli, tmp_path, monkey
     rows = read_results("runs/images/certify/iso-0.25_n32.tsv")
     assert [int(row["idx"]) for row in rows] == [0, 1, 2] and [row["label"] for row in rows] == ["0", "1", "2"]
 
-    # the same three certificates from Python: the three lines of docs/your-model.md
+    # the same three certificates from Python: the three lines of the README's "Certify your own model"
     from nrs_cli import Smooth, load_data, load_model
 
     model_, test = load_model("resnet18_state.pt", arch="torchvision:resnet18", dataset="images"), load_data("images")

@@ -9,6 +9,7 @@ what it wrote.
 from __future__ import annotations
 
 import functools
+import re
 import signal
 import sys
 import traceback
@@ -46,8 +47,24 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``timeout``, batch schedulers, ``docker stop``), handled like Ctrl-C."""
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated()
+def _stop(signum: int, frame: Any) -> None:
+    """The first Ctrl-C or SIGTERM ends the run; later ones are ignored, so the cleanup it starts (locks
+    released, temporary files removed, exit handlers) finishes instead of ending in a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+# What to lower when memory runs out, by command (the options that size the largest allocations).
+_MEMORY_OPTIONS = {
+    "certify": "--chunk-size",
+    "predict": "--chunk-size",
+    "optimize-sigma": "--chunk-size, --batch-size or --n0",
+    "co-optimize": "--chunk-size or --set optimize.batch_size / cooptimize.finetune_batch_size",
+    "train-base": "--batch-size",
+    "compare": "--set engine.chunk_size",
+    "figures": "--set engine.chunk_size",
+}
 
 
 def command(name: str, group: typer.Typer = app) -> Callable:
@@ -71,15 +88,15 @@ def command(name: str, group: typer.Typer = app) -> Callable:
                 message = f"{how}; everything written so far is kept (rerun the same command to resume)"
             except OSError as err:
                 message = _os_error(err)
+            except (MemoryError, RuntimeError) as err:
+                if not _out_of_memory(err):
+                    _report_bug()
+                    raise typer.Exit(1) from None
+                message = _memory_message(name, err)
             except Exception:
-                traceback.print_exc()
-                print(
-                    f"nrs {__version__}: unexpected error, a bug in nrs; please report it with the command "
-                    "line and the traceback above",
-                    file=sys.stderr,
-                )
+                _report_bug()
                 raise typer.Exit(1) from None
-            print(f"error: {message}", file=sys.stderr)
+            print_error(message)
             raise typer.Exit(NrsError.exit_code)
 
         return group.command(name, cls=ManualCommand)(run)
@@ -87,9 +104,56 @@ def command(name: str, group: typer.Typer = app) -> Callable:
     return decorate
 
 
+def print_error(message: str) -> None:
+    """``error: <message>`` on one line, whatever a path in it holds: control characters (a newline, a tab,
+    ESC) are written as Python writes them in a string literal (``\\n``, ``\\t``, ``\\x1b``)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    print(f"error: {shown}", file=sys.stderr)
+
+
+def _report_bug() -> None:
+    traceback.print_exc()
+    print(
+        f"nrs {__version__}: unexpected error, a bug in nrs; please report it with the command "
+        "line and the traceback above",
+        file=sys.stderr,
+    )
+
+
+_ALLOCATION_FAILURES = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: MemoryError, or PyTorch's allocators saying so (CPU and CUDA)."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or any(phrase in text for phrase in _ALLOCATION_FAILURES)
+
+
+def _memory_message(command_name: str, err: BaseException) -> str:
+    text = str(err)
+    device = "GPU" if "cuda" in text.lower() or type(err).__name__ == "OutOfMemoryError" else "CPU"
+    size = _allocation_size(text)
+    lower = _MEMORY_OPTIONS.get(command_name)
+    hint = f"lower {lower}" if lower else "use smaller inputs or batches"
+    return (
+        f"{device} memory ran out{f' (allocating {size})' if size else ''}: {hint}; "
+        "everything written so far is kept (rerun to resume)"
+    )
+
+
+def _allocation_size(text: str) -> str:
+    """The size an allocator failed to allocate, from its message (CPU: bytes; CUDA: a number with a unit)."""
+    in_bytes = re.search(r"allocate (\d+) bytes", text)
+    if in_bytes:
+        return f"{int(in_bytes.group(1)) / 2**30:.2f} GiB"
+    with_unit = re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+    return with_unit.group(1) if with_unit else ""
+
+
 def _os_error(err: OSError) -> str:
     """One line for a failed read or write: what, where and why."""
-    where = f" {err.filename}" if err.filename else ""
+    name = str(err.filename) if err.filename else ""
+    where = f" {name if len(name) <= 300 else name[:150] + '...' + name[-100:]}" if name else ""
     return f"cannot access{where}: {err.strerror or err}"
 
 
@@ -113,11 +177,14 @@ def main(argv: list[str] | None = None) -> None:
 
     Usage errors (an unknown option, a value out of range) are one ``error:`` line and exit code 2 too.
     """
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _stop)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (`nohup`)
+        signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit (`ulimit -f`): the write fails, one line
     try:
         code = app(args=argv, prog_name="nrs", standalone_mode=False)
     except typer.Abort:
-        print("error: interrupted", file=sys.stderr)
+        print_error("interrupted")
         code = NrsError.exit_code
     except Exception as err:
         if not hasattr(err, "format_message"):  # Click's usage errors (Click ships inside newer Typer)
@@ -127,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             print(message, file=sys.stderr)
         else:
             where = f" (see {context.command_path} --help)" if context is not None else ""
-            print(f"error: {message}{where}", file=sys.stderr)
+            print_error(f"{message}{where}")
         code = getattr(err, "exit_code", NrsError.exit_code)
     if code:
         sys.exit(code)

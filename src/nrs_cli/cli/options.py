@@ -227,6 +227,12 @@ FINETUNE_LR = typer.Option(
 SIGMA_STEPS = typer.Option(
     None, help="Algorithm 1 steps per round [spec: cooptimize.sigma_steps].", rich_help_panel=Panel.OPTIMIZATION
 )
+FORCE = typer.Option(
+    False,
+    "--force",
+    help="Start --out over whatever it holds (another file, rows made otherwise) instead of refusing or resuming.",
+    rich_help_panel=Panel.OUTPUT,
+)
 
 
 def spec_from(dataset: str | None, options: dict[str, Any], assignments: list[str], data_root: Path | None = None):

@@ -19,6 +19,7 @@ from nrs_cli.cli.options import (
     DATA_ROOT,
     DATASET,
     DEVICE,
+    FORCE,
     INPUTS,
     MEAN,
     NUM_SAMPLES,
@@ -189,6 +190,7 @@ def certify_command(
     precision: Optional[str] = PRECISION,
     device: Optional[str] = DEVICE,
     out: Optional[Path] = OUT_TSV,
+    force: bool = FORCE,
     runs_dir: Path = RUNS_DIR,
     data_root: Optional[Path] = DATA_ROOT,
     set_: list[str] = SET,
@@ -215,7 +217,7 @@ def certify_command(
         **model_options(arch, resize, mean, std),
     }
     spec = spec_from(dataset, options, set_, data_root)
-    job, note = smoothed_job("certify", spec, data_root, checkpoint, runs_dir, sigma, out)
+    job, note = smoothed_job("certify", spec, data_root, checkpoint, runs_dir, sigma, out, force)
     if note:
         console.print(note)
     c = job.spec.certify
@@ -262,6 +264,7 @@ def predict_command(
     precision: Optional[str] = PRECISION,
     device: Optional[str] = DEVICE,
     out: Optional[Path] = OUT_TSV,
+    force: bool = FORCE,
     runs_dir: Path = RUNS_DIR,
     data_root: Optional[Path] = DATA_ROOT,
     set_: list[str] = SET,
@@ -281,7 +284,7 @@ def predict_command(
         **model_options(arch, resize, mean, std),
     }
     spec = spec_from(dataset, options, set_, data_root)
-    job, note = smoothed_job("predict", spec, data_root, checkpoint, runs_dir, sigma, out)
+    job, note = smoothed_job("predict", spec, data_root, checkpoint, runs_dir, sigma, out, force)
     if note:
         console.print(note)
     describe = f"predict: {job.spec.name} {job.spec.certify.split}, sigma {job.sigma.label}, n={job.spec.certify.n}"

@@ -1,5 +1,7 @@
-"""Gains at equal clean accuracy that a reviewer accepts: chosen on the selection set, reported on the
-report set, against a dense reference, with a 95% interval and a second noise seed.
+"""Gains a reviewer accepts: chosen on the selection set, reported on the report set, with intervals.
+
+Each gain is at equal clean accuracy, against a dense reference, with a 95% interval and a second
+noise seed.
 
 For a compared method (optimised sigmas) and a reference (a family of sigmas, see
 :mod:`nrs_cli.runs.reference`):

@@ -14,7 +14,10 @@ every image sampled is greyscale, else 3) and the size (of the first image, or `
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,30 @@ def class_names(folder: Path) -> list[str]:
 def _sampled_images(folder: Path) -> list[Path]:
     base = folder / "train" if is_split_layout(folder) else folder
     return [image for c in _class_folders(base) for image in _images(c)[:SAMPLED_PER_CLASS]]
+
+
+# Decoded images larger than this are refused (PIL's decompression-bomb guard, as an error rather than a
+# warning): a few hundred bytes of PNG can otherwise expand to gigabytes. ImageNet's largest is under 2^25.
+MAX_IMAGE_PIXELS = 2**27
+
+
+def open_rgb(source: str | os.PathLike | bytes, where: str):
+    """An image file (or its bytes) decoded to RGB, with a one-line error for a damaged file or a
+    decompression bomb."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise NrsError(
+            f"{where}: the image is larger than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise NrsError(f"{where}: cannot read the image: {err}") from None
 
 
 def infer_input_shape(folder: Path, resize: int | None = None, crop: int | None = None) -> tuple[int, int, int]:
@@ -191,14 +218,8 @@ class ImageFiles(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                pixels = self.transform(image.convert("RGB"))
-        except (OSError, ValueError) as err:
-            raise NrsError(f"cannot read the image {path}: {err}") from None
+        pixels = self.transform(open_rgb(path, str(path)))
         if tuple(pixels.shape) != self.input_shape:
             found, wanted = "x".join(map(str, pixels.shape)), "x".join(map(str, self.input_shape))
             raise NrsError(
@@ -207,10 +228,10 @@ class ImageFiles(Dataset):
         return pixels, label
 
 
-def read_image_folder(spec: DataSpec, folder: Path, what: str, layout: str, root: Path) -> ImageFiles:
-    """One split's ``<class>/<image>`` folder."""
+def read_image_folder(spec: DataSpec, folder: Path, what: str, layout: str, root: Path, fetch: str = "") -> ImageFiles:
+    """One split's ``<class>/<image>`` folder (``fetch``: where to get it, for the error when it is missing)."""
     if not folder.is_dir():
-        raise missing_data(what, root, layout)
+        raise missing_data(what, root, layout, fetch)
     dataset = ImageFiles(folder, image_transform(spec), spec.input_shape)
     present = set(dataset.targets)
     empty = [name for label, name in enumerate(dataset.classes) if label not in present]

@@ -59,7 +59,7 @@ class RunLayout:
             )
         return default
 
-    def latest_sweep_summary(self) -> Path | None:
-        """The summary.json of the dataset's most recently finished sweep, if any."""
+    def sweep_summaries(self) -> list[Path]:
+        """The summary.json of every finished optimisation run of the dataset, the most recent first."""
         summaries = sorted(self.root.glob("optimize/*/summary.json"), key=lambda path: path.stat().st_mtime)
-        return summaries[-1] if summaries else None
+        return summaries[::-1]

@@ -9,7 +9,6 @@ they try torchvision's download once (if the spec allows it) and otherwise raise
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import tarfile
@@ -34,7 +33,7 @@ from nrs_cli.io.data import (
     resolve_data_root,
     split_labels,
 )
-from nrs_cli.io.folders import image_transform, load_dataset_spec, read_image_folder
+from nrs_cli.io.folders import image_transform, load_dataset_spec, open_rgb, read_image_folder
 from nrs_cli.io.spec import DataSpec
 
 # Object types of KITTI's 2D detection labels, in the order that breaks ties
@@ -158,11 +157,29 @@ def read_cifar10_batches(folder: Path, split: str) -> ImageTensorDataset:
         try:
             with open(folder / name, "rb") as handle:
                 batch = _ArrayUnpickler(handle, encoding="latin1").load()
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch["labels"])
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+        except (OSError, pickle.UnpicklingError, ValueError, EOFError, AttributeError, IndexError) as err:
             raise NrsError(f"cannot read CIFAR-10 batch {folder / name}: {err}") from None
-    return ImageTensorDataset(torch.from_numpy(np.concatenate(images)), torch.tensor(labels))
+        pixels, classes = _cifar_batch_arrays(batch, folder / name)
+        images.append(pixels)
+        labels.append(classes)
+    return ImageTensorDataset(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
+
+
+def _cifar_batch_arrays(batch, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's pixels (N, 3, 32, 32) uint8 and labels (N,) int64, after checking what the pickle holds:
+    a dict with ``data`` (N x 3072 whole numbers from 0 to 255) and ``labels`` (N whole numbers)."""
+    if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
+        raise NrsError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'")
+    data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    if data.dtype.kind not in "uif" or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise NrsError(f"{path}: its data is {data.dtype} {data.shape}, not N x 3072 pixel values (damaged?)")
+    if data.size and (not np.isfinite(data).all() or data.min() < 0 or data.max() > 255 or (data % 1).any()):
+        raise NrsError(f"{path}: its pixels must be whole numbers from 0 to 255 (found {data.min()} to {data.max()})")
+    if labels.dtype.kind not in "ui" or labels.shape != (len(data),):
+        raise NrsError(
+            f"{path}: its labels are {labels.dtype} {labels.shape}, not {len(data)} whole numbers (damaged?)"
+        )
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -172,7 +189,6 @@ CIFAR10_ARCHIVE = "cifar10-jpeg.tar.gz"  # the JPEG copy as distributed: cifar10
 def read_cifar10_images(source: Path, split: str) -> ImageTensorDataset:
     """An image copy of CIFAR-10 (``<split>/<class>/<image>``), from its folder or straight from its .tar.gz,
     decoded into memory (60,000 JPEGs take a few seconds), in class then file-name order."""
-    from PIL import Image
 
     found: dict[str, list[tuple[str, bytes]]] = {}
     for class_name, name, data in _image_files(source, split):
@@ -187,11 +203,7 @@ def read_cifar10_images(source: Path, split: str) -> ImageTensorDataset:
     images, labels = [], []
     for label, class_name in enumerate(CIFAR10_CLASSES):
         for name, data in sorted(found[class_name]):
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    pixels = np.asarray(image.convert("RGB"))
-            except (OSError, ValueError) as err:
-                raise NrsError(f"{source}: cannot read {split}/{class_name}/{name}: {err}") from None
+            pixels = np.asarray(open_rgb(data, f"{source}: {split}/{class_name}/{name}"))
             if pixels.shape != (32, 32, 3):
                 raise NrsError(
                     f"{source}: {split}/{class_name}/{name} is {pixels.shape[1]}x{pixels.shape[0]}, not 32x32"
@@ -245,11 +257,24 @@ def _read_cifar10(spec: DataSpec, root: Path, split: str) -> Dataset:
     return read_cifar10_batches(pickles, split)
 
 
+# What to download, for the error when the data is missing (neither can be downloaded for you).
+IMAGENET_FETCH = (
+    "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org (free account), unpack "
+    "each into imagenet/train and imagenet/val with one sub-folder per wnid (the validation images sorted by "
+    "ILSVRC2012_devkit_t12's labels)"
+)
+KITTI_FETCH = (
+    "download data_object_image_2.zip (12 GB) and data_object_label_2.zip of the KITTI 2D object benchmark "
+    "(cvlibs.net/datasets/kitti/eval_object.php) and unzip both into Kitti/raw/"
+)
+
+
 @register_loader("imagenet", "ILSVRC-2012 as ImageFolder: imagenet/{train,val}/<wnid>/<image> (test = val)")
 def _read_imagenet(spec: DataSpec, root: Path, split: str) -> Dataset:
     base = root / (spec.folder or "imagenet")
     folder = base / ("train" if split == "train" else "val")
-    return read_image_folder(spec, folder, "ImageNet", f"{base}/{{train,val}}/<wnid>/<image>.JPEG", root)
+    layout = f"{base}/{{train,val}}/<wnid>/<image>.JPEG"
+    return read_image_folder(spec, folder, "ImageNet", layout, root, IMAGENET_FETCH)
 
 
 class KittiClassification(Dataset):
@@ -268,7 +293,7 @@ class KittiClassification(Dataset):
         try:
             kitti = Kitti(str(root), train=True, download=False)
         except RuntimeError:
-            raise missing_data("KITTI", root, layout) from None
+            raise missing_data("KITTI", root, layout, KITTI_FETCH) from None
         pairs = sorted(zip(kitti.images, kitti.targets))
         labelled = [(image, kitti_image_label(target)) for image, target in pairs]
         kept = [(image, label) for image, label in labelled if label is not None]
@@ -288,11 +313,8 @@ class KittiClassification(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            return self.transform(image.convert("RGB")), label
+        return self.transform(open_rgb(path, path)), label
 
 
 def kitti_image_label(label_file: str | os.PathLike) -> int | None:

@@ -282,6 +282,11 @@ def _checked_data(path, payload: dict[str, Any], spec: RunSpec) -> tuple[tuple[f
         raise NrsError(f"{path}: its mean and std must be lists of {channels} numbers (damaged metadata)")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in std):
         raise NrsError(f"{path}: its std must be positive numbers, got {str(std)[:60]}")
+    if not all(1e-6 <= v <= 1e6 for v in std) or not all(-1e6 <= v <= 1e6 for v in mean):
+        raise NrsError(
+            f"{path}: its normalisation (mean {str(mean)[:40]}, std {str(std)[:40]}) lies outside what pixels in "
+            "[0, 1] can have (std 1e-6 to 1e6, mean -1e6 to 1e6): damaged metadata"
+        )
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 

@@ -14,10 +14,12 @@ follows one sequence, held by a :class:`Resumable`:
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import os
 import platform
 import socket
+import stat
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -108,23 +110,55 @@ def check_fingerprint(path: str | os.PathLike, recorded: Any, current: dict[str,
         raise NrsError(f"refusing to resume {path}: it was made with a different {shown} ({remedy})")
 
 
-class OutputLock:
-    """An exclusive lock on an output (``<path>.lock``) for as long as one process writes it.
+TEST_PAUSE = "NRS_TEST_PAUSE"  # test-only: see pause_for_tests
 
-    The operating system releases the lock when the holder exits, however it
-    exits, so the lock of a killed run is simply taken over by the next one.
-    A second writer gets a one-line error naming the holder.
+
+def pause_for_tests(point: str, count: int) -> None:
+    """A test-only hook that holds a run at a known point, so a test of two writers or of a signal never
+    races the process it drives (however fast or loaded the machine).
+
+    With ``NRS_TEST_PAUSE="<point> <count> <file>"`` set (``rows`` of a result table, ``epochs`` of
+    training), a run that has written ``count`` or more creates ``<file>.paused`` and waits, holding
+    its lock, until ``<file>`` exists; a signal ends it there as anywhere. Unset (always, outside
+    tests), this does nothing.
+    """
+    hook = os.environ.get(TEST_PAUSE, "").split(" ", 2)
+    if len(hook) != 3 or hook[0] != point or not hook[1].isdigit() or count < int(hook[1]):
+        return
+    go = Path(hook[2])
+    go.with_name(go.name + ".paused").touch()
+    while not go.exists():
+        time.sleep(0.02)
+
+
+class OutputLock:
+    """An exclusive lock on an output for as long as one process writes it; its side-cars are covered too.
+
+    The lock is keyed by the file, not by the name it was reached through: the lock file
+    ``<output>.lock`` sits beside the output's real path (symbolic links resolved, so every link to
+    one output meets one lock file), and an output that already exists is itself locked too (so a
+    hard link, another name of the same file, meets that lock). The operating system releases both
+    when the holder exits, however it exits, so the lock of a killed run is simply taken over by
+    the next one. A second writer gets a one-line error naming the holder.
+
+    The lock file is never a way to write elsewhere: it is opened without following a symbolic
+    link, and refused unless it is a plain file with no other name.
     """
 
     def __init__(self, target: str | os.PathLike, lock_path: str | os.PathLike | None = None):
         self.target = Path(target)
-        self.path = Path(lock_path) if lock_path is not None else self.target.with_name(self.target.name + ".lock")
+        if lock_path is None:
+            real = Path(os.path.realpath(self.target))
+            self.path = real.with_name(real.name + ".lock")
+        else:
+            self.path = Path(os.path.realpath(Path(lock_path).parent)) / Path(lock_path).name
         self._handle = None
+        self._file_lock: int | None = None  # a descriptor of the output itself, locked
 
     def __enter__(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            handle = open(self.path, "a+")
+            handle = self._open_lock_file()
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -135,6 +169,17 @@ class OutputLock:
             if self._same_file(handle):  # not a lock file its previous holder removed meanwhile
                 break
             handle.close()
+        try:
+            self._check_plain(handle)
+        except BaseException:
+            handle.close()  # someone else's file: left for them to remove
+            raise
+        try:
+            self.relock()
+        except BaseException:
+            self.path.unlink(missing_ok=True)  # the lock file is this process's: no litter
+            handle.close()
+            raise
         handle.truncate(0)
         command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
         handle.write(
@@ -144,17 +189,79 @@ class OutputLock:
         self._handle = handle
         return self
 
+    def _open_lock_file(self):
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise NrsError(
+                    f"refusing to use the lock file {self.path}: it is a symbolic link, not a lock nrs made "
+                    "(remove the link; what it points to is left alone)"
+                ) from None
+            raise
+        return os.fdopen(descriptor, "r+")
+
+    def _check_plain(self, handle) -> None:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+            raise NrsError(
+                f"refusing to use the lock file {self.path}: it is not a plain file of its own "
+                "(another name of a file, or not a file), not a lock nrs made (remove it)"
+            )
+
+    def relock(self) -> None:
+        """Lock the output file itself (again, after it was replaced by a new file of the same name)."""
+        if self._file_lock is not None:
+            os.close(self._file_lock)
+            self._file_lock = None
+        try:
+            descriptor = os.open(self.target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # not there yet, or not readable (writing it will say why)
+            return
+        try:
+            if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._file_lock, descriptor = descriptor, None
+        except BlockingIOError:
+            raise NrsError(
+                f"{self.target} is being written by {_flock_holder(descriptor)} under another name of the same "
+                "file (a link); wait for it to finish"
+            ) from None
+        except OSError:  # a file system without flock: the lock file still serialises writers by name
+            pass
+        finally:
+            if descriptor is not None:
+                os.close(descriptor)
+
     def _same_file(self, handle) -> bool:
         try:
-            return os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
+            return os.fstat(handle.fileno()).st_ino == os.lstat(self.path).st_ino
         except FileNotFoundError:
             return False
 
     def __exit__(self, *exc_info: Any) -> None:
+        if self._file_lock is not None:
+            os.close(self._file_lock)
+            self._file_lock = None
         if self._handle is not None:
             self.path.unlink(missing_ok=True)
             self._handle.close()  # closing releases the lock
             self._handle = None
+
+
+def _flock_holder(descriptor: int) -> str:
+    """Which process holds a flock on this open file, from ``/proc/locks`` (Linux), as best known."""
+    status = os.fstat(descriptor)
+    key = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == key:
+            return f"process {fields[4]}"
+    return "another process"
 
 
 class Resumable:
@@ -181,6 +288,11 @@ class Resumable:
     def __exit__(self, *exc_info: Any) -> None:
         if self._lock is not None:
             self._lock.__exit__(*exc_info)
+
+    def replaced(self) -> None:
+        """The output was replaced by a new file of the same name: lock that file instead."""
+        if self._lock is not None:
+            self._lock.relock()
 
     def check(self, recorded: Any, fingerprint: dict[str, Any]) -> None:
         """Refuse to resume when the recorded fingerprint differs from this run's."""

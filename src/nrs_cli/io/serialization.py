@@ -10,7 +10,9 @@ damaged one is refused rather than used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -48,22 +50,45 @@ def load_weights_only(path: str | os.PathLike, what: str) -> Any:
 
 
 def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:
-    _atomic_write(path, "wb", lambda handle: torch.save(payload, handle))
+    """``torch.save`` atomically. Serialised in memory first: torch turns a failed write (a full disk, a
+    file-size limit) into an unreadable RuntimeError, a plain write keeps the OSError that says why."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    _atomic_write(path, "wb", lambda handle: handle.write(buffer.getbuffer()))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     _atomic_write(path, "w", lambda handle: handle.write(text))
 
 
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    _atomic_write(path, "wb", lambda handle: handle.write(data))
+
+
 def _atomic_write(path: str | os.PathLike, mode: str, write) -> None:
+    """Write a new file beside ``path`` and rename it into place.
+
+    The temporary file is created exclusively (``O_EXCL``, never an existing file or a link someone
+    placed there) in the output's own folder, and removed when anything fails: a full disk, a
+    file-size limit (``EFBIG``), Ctrl-C. The rename replaces ``path`` itself: a symbolic link there
+    is replaced, never followed, so the file it pointed to stays as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        write(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(handle.name, 0o666 & ~umask)  # temporary files are private; results are not
-    os.replace(handle.name, path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, mode) as handle:
+            write(handle)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # temporary files are private; results are not
+        os.replace(temporary, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(err, OSError) and err.filename is None:  # a failed write names no file: name the output
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:

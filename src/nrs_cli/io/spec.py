@@ -15,15 +15,14 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
-import re
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 from nrs_cli.errors import NrsError
 from nrs_cli.io.spec_files import build, read_spec_file, set_dotted, short
+from nrs_cli.io.spec_ranges import check_ranges
 
 
 @dataclass(frozen=True)
@@ -292,79 +291,17 @@ def is_factory(arch: str) -> bool:
     return ":" in arch and not arch.startswith(TORCHVISION_PREFIX)
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_SEED = (lambda v: 0 <= v < 2**63, "an integer from 0 to 2^63 - 1")
-_POSITIVE = (lambda v: v > 0 and math.isfinite(v), "a positive number")
-_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
-_AT_LEAST_0 = (lambda v: v >= 0 and math.isfinite(v), "0 or more")
-_ALL_OR_COUNT = (lambda v: v >= -1, "-1 (all) or a count")
-_OPTIONAL_AT_LEAST_1 = (lambda v: v is None or v >= 1, "null or at least 1")
-# Ranges checked after the types: dotted key -> (test, what is expected).
-_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "name": (lambda v: bool(_NAME.fullmatch(v)), "letters, digits, '.', '_' or '-' (it names run folders)"),
-    "seed": _SEED,
-    "data.split_seed": _SEED,
-    "data.input_shape": (lambda v: len(v) == 3 and min(v) >= 1, "[channels, height, width], all positive"),
-    "data.num_classes": (lambda v: v >= 2, "at least 2"),
-    "data.mean": (lambda v: all(math.isfinite(m) for m in v), "finite numbers"),
-    "data.std": (lambda v: all(x > 0 and math.isfinite(x) for x in v), "positive numbers"),
-    "data.train_size": _OPTIONAL_AT_LEAST_1,
-    "data.test_size": _OPTIONAL_AT_LEAST_1,
-    "data.test_fraction": (lambda v: 0 < v < 1, "a fraction between 0 and 1"),
-    "data.resize": _OPTIONAL_AT_LEAST_1,
-    "data.crop": _OPTIONAL_AT_LEAST_1,
-    "data.workers": _AT_LEAST_0,
-    "train.epochs": _AT_LEAST_0,
-    "train.batch_size": _AT_LEAST_1,
-    "train.lr": _POSITIVE,
-    "train.momentum": (lambda v: 0 <= v < 1, "a number from 0 to below 1"),
-    "train.weight_decay": _AT_LEAST_0,
-    "train.lr_step": _AT_LEAST_0,
-    "train.lr_gamma": _POSITIVE,
-    "train.noise_sigma": _AT_LEAST_0,
-    "train.warmup_epochs": _AT_LEAST_0,
-    "train.label_smoothing": (lambda v: 0 <= v < 1, "a number from 0 to below 1"),
-    "optimize.eval_max": _ALL_OR_COUNT,
-    "certify.n0": _AT_LEAST_1,
-    "certify.n": _AT_LEAST_1,
-    "certify.alpha": (lambda v: 0 < v < 1, "a number strictly between 0 and 1"),
-    "certify.skip": _AT_LEAST_1,
-    "certify.max": _ALL_OR_COUNT,
-    "certify.sigma": (lambda v: v is None or (v > 0 and math.isfinite(v)), "null or a positive number"),
-    "engine.chunk_size": (lambda v: v >= 0, "0 (chosen per device) or a number of samples"),
-    "figures.certify_max": (lambda v: v is None or v >= -1, "null, -1 (all) or a count"),
-    "figures.sigmas": _AT_LEAST_1,
-    "cooptimize.rounds": _AT_LEAST_1,
-    "cooptimize.finetune_steps": _AT_LEAST_0,
-    "cooptimize.finetune_batch_size": _AT_LEAST_1,
-    "cooptimize.finetune_lr": _POSITIVE,
-    "cooptimize.sigma_steps": _AT_LEAST_0,
-    "cooptimize.lr_decay": _POSITIVE,
-    "compare.noise_sigmas": (lambda v: len(v) >= 1 and all(x > 0 for x in v), "positive numbers"),
-    "compare.sweep_factors": (
-        lambda v: len(v) >= 2 and v[0] > 0 and all(abs((b - a) - (v[1] - v[0])) < 1e-9 for a, b in zip(v, v[1:])),
-        "two or more equally spaced positive factors",
-    ),
-    "compare.cooptimize_inits": (lambda v: len(v) >= 1 and all(x > 0 for x in v), "positive numbers"),
-    "compare.certify_max": _ALL_OR_COUNT,
-    "inputs.seed": _SEED,
-    "inputs.tolerance": (lambda v: 0 < v < 0.5, "an accuracy difference between 0 and 0.5"),
-    "inputs.bootstrap": (lambda v: 100 <= v <= 1_000_000, "from 100 to 1,000,000 resamples"),
-    "inputs.refine_steps": (lambda v: 0 <= v <= 50, "from 0 to 50 evaluations"),
-}
-
-
 def _checked(spec: RunSpec, source: str) -> RunSpec:
     """Refuse values of the right type but outside their range, and means and stds that do not fit the channels."""
-    for dotted, (test, expected) in _RANGES.items():
-        value = spec
-        for part in dotted.split("."):
-            value = getattr(value, part)
-        if not test(value):
-            raise NrsError(f"{source}: {dotted}: expected {expected}, got {short(value)}")
+    check_ranges(spec, source)
     channels = spec.data.input_shape[0]
     if len(spec.data.mean) != channels or len(spec.data.std) != channels:
         raise NrsError(f"{source}: data.mean and data.std need one value per channel ({channels})")
+    if spec.compare.cooptimize_from not in spec.compare.noise_sigmas:
+        raise NrsError(
+            f"{source}: compare.cooptimize_from: expected one of compare.noise_sigmas "
+            f"({', '.join(f'{s:g}' for s in spec.compare.noise_sigmas)}), got {short(spec.compare.cooptimize_from)}"
+        )
     return spec
 
 

@@ -20,6 +20,7 @@ import yaml
 from nrs_cli.errors import NrsError
 
 NOT_KEYS = {"source"}  # dataclass fields that are not YAML keys
+MAX_EXTENDS = 32  # specs in one `extends` chain: far more than any real one, far fewer than Python's recursion limit
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
@@ -42,6 +43,8 @@ def read_spec_file(path: Path, resolve: Callable[[str], Path], seen: tuple[str, 
     """The YAML mapping of a spec file with its ``extends`` chain merged in (``resolve`` finds a spec by name)."""
     if str(path) in seen:
         raise NrsError(f"{path}: 'extends' loops back to itself")
+    if len(seen) >= MAX_EXTENDS:
+        raise NrsError(f"{seen[0]}: its 'extends' chain is deeper than {MAX_EXTENDS} specs (at {path})")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)
     except yaml.YAMLError as err:
@@ -50,6 +53,8 @@ def read_spec_file(path: Path, resolve: Callable[[str], Path], seen: tuple[str, 
         raise NrsError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
     except UnicodeDecodeError:
         raise NrsError(f"{path}: a run spec must be UTF-8 text") from None
+    except RecursionError:
+        raise NrsError(f"{path}: its YAML is nested too deeply for a run spec") from None
     except OSError as err:
         raise NrsError(f"cannot read spec {path}: {err.strerror}") from None
     if not isinstance(raw, dict):

@@ -165,9 +165,19 @@ def correct_matches_prediction(row: dict[str, str]) -> str | None:
 
 
 def sidecar(path: str | os.PathLike, kind: str) -> Path:
-    """``out.tsv`` -> ``out.manifest.json`` / ``out.summary.json``."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.{kind}.json")
+    """``out.tsv`` -> ``out.tsv.manifest.json`` / ``out.tsv.summary.json``: named after the whole file name, so
+    two outputs never share one (``r.tsv`` and ``r.txt``, ``cert.s0.25`` and ``cert.s0.5``), and beside the
+    file itself when ``path`` is a symbolic link to it (every name of one output finds the same side-cars)."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(f"{real.name}.{kind}.json")
+
+
+def existing_sidecar(path: str | os.PathLike, kind: str) -> Path | None:
+    """The side-car of ``path`` that exists: its own, else one named as before (``out.manifest.json``, the
+    last suffix dropped), which tables written by earlier versions have; None when there is neither."""
+    own = sidecar(path, kind)
+    earlier = own.with_name(f"{Path(own.name[: -len(f'.{kind}.json')]).stem}.{kind}.json")
+    return next((p for p in (own, earlier) if p.is_file()), None)
 
 
 def shard_path(path: str | os.PathLike, rank: int, world: int) -> Path:
@@ -201,39 +211,53 @@ class ResultTable:
     def __exit__(self, *exc_info: Any) -> None:
         self._output.__exit__(*exc_info)
 
-    def open(self, fingerprint: dict[str, Any], manifest: dict[str, Any], spec: RunSpec) -> list[dict]:
-        """Create the table, or reopen it to resume; returns the rows already there."""
+    def open(self, fingerprint: dict[str, Any], manifest: dict[str, Any], spec: RunSpec, replace=False) -> list[dict]:
+        """Create the table, or reopen it to resume; returns the rows already there.
+
+        A file that is not a table of this kind is refused, not overwritten, unless ``replace``
+        (``--force``) says to start over whatever the file holds.
+        """
         rows: list[dict] = []
         resumed: list[str] = []
-        if self.path.exists() and self.manifest_path.is_file():
-            previous = read_json(self.manifest_path, "manifest")
-            self._output.check(previous.get("fingerprint"), fingerprint)
-            rows = self._complete_rows()
-            earlier = previous.get("resumed")
-            resumed = (earlier if isinstance(earlier, list) else []) + [now()]
-        elif self.path.exists() and self.path.read_bytes().count(b"\n") > 1:
-            raise NrsError(
-                f"{self.path} has rows but no {self.manifest_path.name} to say what they were made with, "
-                "so it cannot be resumed (delete it or choose another --out)"
-            )
+        previous_manifest = existing_sidecar(self.path, "manifest")
+        if self.path.exists() and not replace:
+            refuse_foreign(self.path, self.schema)
+            if previous_manifest is not None:
+                previous = read_json(previous_manifest, "manifest")
+                self._output.check(previous.get("fingerprint"), fingerprint)
+                rows = self._complete_rows()
+                earlier = previous.get("resumed")
+                resumed = (earlier if isinstance(earlier, list) else []) + [now()]
+            elif self.path.read_bytes().count(b"\n") > 1:
+                raise NrsError(
+                    f"{self.path} has rows but no {self.manifest_path.name} to say what they were made with, "
+                    "so it cannot be resumed (delete it, choose another --out, or pass --force to start it over)"
+                )
         write_manifest(self.manifest_path, self.schema.name, spec, fingerprint=fingerprint, resumed=resumed, **manifest)
         if not rows and not resumed:  # new, or only a header left by an interrupted start
-            atomic_write_text("\t".join(self.schema.header) + "\n", self.path)
+            sidecar(self.path, "summary").unlink(missing_ok=True)  # it summarised rows no longer there
+            atomic_write_text("\t".join(self.schema.header) + "\n", os.path.realpath(self.path))
+            self._output.replaced()
         return rows
 
     def rows_made_with(self, fingerprint: dict[str, Any]) -> list[dict] | None:
         """The rows of the table as it is, changing nothing: None when there is none (or its last line is cut
         short); refused, as a resume would be, when it was made with another fingerprint."""
-        if not (self.path.is_file() and self.manifest_path.is_file()):
+        manifest = existing_sidecar(self.path, "manifest")
+        if not self.path.exists() or manifest is None:
             return None
-        self._output.check(read_json(self.manifest_path, "manifest").get("fingerprint"), fingerprint)
+        refuse_foreign(self.path, self.schema)
+        self._output.check(read_json(manifest, "manifest").get("fingerprint"), fingerprint)
         if not self.path.read_bytes().endswith(b"\n"):
             return None
         return read_table(self.path, [self.schema])
 
     def append(self, rows: list[dict[str, Any]]) -> None:
-        with open(self.path, "a") as handle:
-            handle.writelines(self.schema.line(row) for row in rows)
+        try:
+            with open(self.path, "a") as handle:
+                handle.writelines(self.schema.line(row) for row in rows)
+        except OSError as err:  # a failed write names no file
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
 
     def _complete_rows(self) -> list[dict[str, str]]:
         data = self.path.read_bytes()
@@ -248,6 +272,21 @@ class ResultTable:
                 "nrs, or damaged): delete it to start over"
             )
         return read_table(self.path, [self.schema])
+
+
+def refuse_foreign(path: Path, schema: Schema) -> None:
+    """Refuse to overwrite an existing file that is not a table of this kind (notes, another kind of table)."""
+    if not path.is_file():
+        raise NrsError(f"refusing to write {path}: it is not a file (choose another --out)")
+    with open(path, "rb") as handle:
+        start = handle.read(1 << 16)
+    first = start[: start.find(b"\n") + 1] if b"\n" in start else start
+    headers = [s.delimiter.join(s.header).encode() + b"\n" for s in (schema, schema.without_checksum())]
+    if first and first not in headers:
+        raise NrsError(
+            f"refusing to overwrite {path}: it is not a {schema.name} table (its first line is not the header "
+            "nrs writes); choose another --out, or pass --force to replace it"
+        )
 
 
 def write_table(path: str | os.PathLike, schema: Schema, rows: list[dict[str, Any]]) -> None:

@@ -126,6 +126,86 @@ def certificate(prediction: int, pA_lower: float, pB_upper: float | None, sigma:
 
 
 @dataclass(frozen=True)
+class SigmaFacts:
+    """What a certificate takes from sigma: ``min_i sigma_i``, ``sum_i log sigma_i``, ``mean_i log sigma_i``
+    and D. A certify manifest records them (its ``sigma`` section), so a table can be checked against them."""
+
+    min: float
+    log_sum: float
+    log_mean: float
+    dimension: int
+
+    @classmethod
+    def of(cls, sigma: Sigma) -> SigmaFacts:
+        return cls(sigma.min, sigma.log_sum, sigma.log_mean, sigma.values.numel())
+
+    @classmethod
+    def recorded(cls, section: Any) -> SigmaFacts | None:
+        """The facts a manifest's sigma section records; None when it has none (written by an earlier version)."""
+        if not isinstance(section, dict):
+            return None
+        values = [section.get(f.name) for f in fields(cls)]
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        if not numbers or not isinstance(values[3], int) or values[0] <= 0 or values[3] < 1:
+            return None
+        return cls(*values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_CELL = 1e-9  # relative rounding of a cell: 10 significant digits, with room
+
+
+def certificate_problem(row: dict[str, str], sigma: SigmaFacts | None = None) -> str | None:
+    """What in a certify row contradicts Theorem 3.1 (None: nothing), within the rounding of its cells.
+
+    ``icdf`` must be ``(Phi^-1(pA_lower) - Phi^-1(pB_upper)) / 2`` (one-sided: ``pB_upper = 1 - pA_lower``,
+    where this is ``Phi^-1(pA_lower)``), positive unless the row abstains; an abstention has no
+    certificate (icdf, radius and gm_radius 0, log_area -inf); ``radius <= gm_radius`` (the smallest
+    sigma is at most their geometric mean). With ``sigma``: ``radius = min sigma * icdf``,
+    ``gm_radius = exp(mean log sigma) * icdf`` and ``log_area = sum log sigma + D log icdf``.
+    """
+    predict, R = int(row["predict"]), float(row["icdf"])
+    radius, gm_radius, log_area = float(row["radius"]), float(row["gm_radius"]), float(row["log_area"])
+    low, high = _icdf_range(float(row["pA_lower"]), float(row["pB_upper"]))
+    if predict == ABSTAIN:
+        if (R, radius, gm_radius, log_area) != (0.0, 0.0, 0.0, -math.inf):
+            return "an abstention (predict -1) with a certificate (icdf, radius, gm_radius must be 0, log_area -inf)"
+        if low > 0:
+            return f"predict is -1 (abstain), but pA_lower {row['pA_lower']} and pB_upper {row['pB_upper']} certify"
+        return None
+    if not R > 0 or not low * (1 - _CELL) <= R <= high * (1 + _CELL):
+        expected = f"{(low + high) / 2:.10g}" if high > 0 else "an abstention"
+        return f"icdf {row['icdf']} does not follow from pA_lower and pB_upper (expected {expected})"
+    if radius > gm_radius * (1 + 2 * _CELL):
+        return f"radius {row['radius']} exceeds gm_radius {row['gm_radius']} (the smallest sigma is at most their mean)"
+    if sigma is None:
+        return None
+    for name, value, expected in (
+        ("radius", radius, sigma.min * R),
+        ("gm_radius", gm_radius, math.exp(sigma.log_mean) * R),
+    ):
+        if not math.isclose(value, expected, rel_tol=10 * _CELL):
+            return f"{name} {row[name]} is not that of its icdf and sigma (expected {expected:.10g})"
+    expected = sigma.log_sum + sigma.dimension * math.log(R)
+    if not math.isclose(log_area, expected, rel_tol=0, abs_tol=10 * _CELL * (abs(expected) + sigma.dimension) + 1e-9):
+        return f"log_area {row['log_area']} is not that of its icdf and sigma (expected {expected:.10g})"
+    return None
+
+
+def _icdf_range(pA_lower: float, pB_upper: float) -> tuple[float, float]:
+    """The least and greatest ``(Phi^-1(pA) - Phi^-1(pB)) / 2`` for bounds rounded to the given cells."""
+
+    def ppf(p: float) -> float:
+        return float(norm.ppf(min(max(p, 0.0), 1.0)))
+
+    low = (ppf(pA_lower * (1 - _CELL)) - ppf(pB_upper * (1 + _CELL))) / 2
+    high = (ppf(pA_lower * (1 + _CELL)) - ppf(pB_upper * (1 - _CELL))) / 2
+    return low, high
+
+
+@dataclass(frozen=True)
 class CertifiedSummary:
     """How a smoothed classifier did on a set of inputs (CERTIFY): the clean-accuracy / certified-area
     point of the paper's Fig. 2."""

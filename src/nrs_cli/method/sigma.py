@@ -32,11 +32,10 @@ import torch
 from nrs_cli.errors import NrsError
 from nrs_cli.io.serialization import atomic_torch_save, check_digest, load_weights_only, tensor_digest, with_digest
 from nrs_cli.io.spec import RunSpec
+from nrs_cli.io.spec_ranges import SIGMA_BOUNDS
 from nrs_cli.version import __version__
 
 SIGMA_FORMAT = "nrs-sigma/1"
-# Every sigma nrs uses lies here (pixel units, images in [0, 1]): far beyond any useful noise at both ends.
-SIGMA_BOUNDS = (1e-6, 1e3)
 
 
 @dataclass(frozen=True)

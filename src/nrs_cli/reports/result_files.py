@@ -11,7 +11,7 @@ import numpy as np
 
 from nrs_cli.errors import NrsError
 from nrs_cli.io.serialization import read_json
-from nrs_cli.io.tables import sidecar
+from nrs_cli.io.tables import existing_sidecar
 from nrs_cli.runs.certification import read_results
 
 OPTIMIZED = {"anisotropic": "optimized"}  # how a legend names a sigma method
@@ -61,8 +61,8 @@ def load_result(path: str | Path) -> ResultFile:
     for column in ("correct", "log_area", "radius", "gm_radius"):
         if rows and column not in rows[0]:
             raise NrsError(f"{path} is not a certify result (no '{column}' column)")
-    manifest = sidecar(path, "manifest")
-    return ResultFile(path, rows, read_json(manifest, "manifest") if manifest.is_file() else {})
+    manifest = existing_sidecar(path, "manifest")  # its own, else one named as earlier versions named it
+    return ResultFile(path, rows, read_json(manifest, "manifest") if manifest else {})
 
 
 def certified_values(rows: list[dict[str, str]], column: str) -> tuple[np.ndarray, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
+
+from nrs_cli.io.serialization import atomic_write_bytes  # noqa: E402
 
 FIGURE_SIZE = (4.8, 3.4)  # inches: one column of a two-column paper at about 1.4x, fonts stay legible
 STYLE = {
@@ -26,10 +29,11 @@ STYLE = {
 
 def save_figure(figure, out_stem: Path) -> list[Path]:
     """Write the figure as PNG and PDF next to each other; returns both paths."""
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_name(out_stem.name + suffix) for suffix in (".png", ".pdf")]
-    for path in paths:
-        figure.savefig(path, bbox_inches="tight")
+    for path in paths:  # rendered in memory, then renamed into place: never written through a link
+        rendered = io.BytesIO()
+        figure.savefig(rendered, format=path.suffix[1:], bbox_inches="tight")
+        atomic_write_bytes(rendered.getvalue(), path)
     plt.close(figure)
     return paths
 

@@ -16,6 +16,7 @@ prediction only (:data:`PREDICT_SCHEMA`).
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -30,14 +31,16 @@ from nrs_cli.errors import NrsError
 from nrs_cli.io.collective import SINGLE_PROCESS, Collective
 from nrs_cli.io.data import input_set, inputs_digest, iterate_batches, selected_indices
 from nrs_cli.io.models import model_digest
-from nrs_cli.io.runstate import OutputLock, spec_sections, write_manifest
+from nrs_cli.io.runstate import OutputLock, pause_for_tests, spec_sections, write_manifest
 from nrs_cli.io.serialization import json_ready, read_json, write_json
 from nrs_cli.io.spec import RunSpec
 from nrs_cli.io.tables import (
     ResultTable,
     Schema,
     correct_matches_prediction,
+    existing_sidecar,
     read_table,
+    refuse_foreign,
     result_columns,
     shard_path,
     sidecar,
@@ -46,6 +49,8 @@ from nrs_cli.io.tables import (
 from nrs_cli.method.certificate import (
     Certificate,
     CertifiedSummary,
+    SigmaFacts,
+    certificate_problem,
     check_options,
     inputs_per_group,
     prediction_column,
@@ -71,8 +76,84 @@ OnRows = Callable[[int, int], None]  # (inputs done, inputs selected), for progr
 
 
 def read_results(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a certify or predict table, every cell and row checked."""
-    return read_table(path, RESULT_SCHEMAS)
+    """The rows of a certify or predict table, every cell, row and the table as a whole checked
+    (:func:`check_results`) against what its manifest and summary say, where it has them."""
+    rows = read_table(path, RESULT_SCHEMAS)
+    manifest = sidecar(path, "manifest")  # its own: one named as before may be another table's
+    check_results(Path(path), rows, read_json(manifest, "manifest") if manifest.is_file() else {})
+    return rows
+
+
+def check_results(path: Path, rows: list[dict[str, str]], manifest: dict[str, Any]) -> None:
+    """Refuse, naming the file and line, a table whose rows contradict each other or what it was made with.
+
+    Every certificate must follow from its row's bounds and the sigma the manifest records
+    (:func:`~nrs_cli.method.certificate.certificate_problem`; without that record, every row must
+    imply the same smallest and mean sigma); inputs come once each, in the selection's order, none
+    left out (the manifest's ``skip`` and shard); and where the summary counts exactly these rows,
+    the rows must give its counts.
+    """
+    sigma = SigmaFacts.recorded(manifest.get("sigma"))
+    implied: dict[str, tuple[int, float]] = {}
+    for line, row in enumerate(rows, 2):
+        problem = certificate_problem(row, sigma) if "icdf" in row else None
+        if problem is None and "icdf" in row and sigma is None and row["predict"] != "-1":
+            problem = _same_sigma_problem(row, implied, line)
+        if problem:
+            raise NrsError(f"{path} line {line}: {problem}")
+    _check_indices(path, [int(row["idx"]) for row in rows], manifest.get("fingerprint"))
+    _check_summary(path, rows)
+
+
+def _same_sigma_problem(row: dict[str, str], implied: dict[str, tuple[int, float]], line: int) -> str | None:
+    """Without the sigma on record: radius / icdf (the smallest sigma) and gm_radius / icdf must agree over rows."""
+    for name in ("radius", "gm_radius"):
+        value = float(row[name]) / float(row["icdf"])
+        first_line, first = implied.setdefault(name, (line, value))
+        if not math.isclose(value, first, rel_tol=1e-8):
+            return f"{name} / icdf is {value:.10g}, {first:.10g} on line {first_line}: one sigma cannot give both"
+    return None
+
+
+def _check_indices(path: Path, indices: list[int], fingerprint: Any) -> None:
+    """Each input once; for inputs taken from the split's order (not from the selection or report set, whose
+    seeded order only the data can tell), in that order and every one due present when the fingerprint says
+    how inputs were chosen."""
+    recorded = fingerprint if isinstance(fingerprint, dict) else {}
+    skip, shard = recorded.get("skip"), recorded.get("shard", "0 of 1")
+    rank, _, world = str(shard).partition(" of ")
+    in_split_order = recorded.get("inputs", "split") == "split"
+    due = None
+    if in_split_order and isinstance(skip, int) and skip >= 1 and rank.isdigit() and world.isdigit() and int(world):
+        due = range(int(rank) * skip, 2**63, skip * int(world))
+    first_seen: dict[int, int] = {}
+    for line, index in enumerate(indices, 2):
+        if index in first_seen:
+            raise NrsError(f"{path} line {line}: input {index} again (first on line {first_seen[index]})")
+        first_seen[index] = line
+        if in_split_order and line > 2 and index < indices[line - 3]:
+            raise NrsError(f"{path} line {line}: input {index} after input {indices[line - 3]} (out of order)")
+    for line, (index, expected) in enumerate(zip(indices, due or []), 2):
+        if index != expected:
+            raise NrsError(f"{path} line {line}: input {index} where input {expected} is due (a row is missing)")
+
+
+def _check_summary(path: Path, rows: list[dict[str, str]]) -> None:
+    """A summary written for exactly these rows must give the counts the rows give."""
+    found = sidecar(path, "summary")
+    try:
+        summary = read_json(found, "summary") if found.is_file() else {}
+    except NrsError:
+        return  # a summary only reports; a damaged one is rewritten by the next run
+    if summary.get("inputs") != len(rows):
+        return
+    counts = predict_summary(rows)
+    for key in ("correct", "abstained"):
+        if summary.get(key) != counts[key]:
+            raise NrsError(
+                f"{path}: its rows have {counts[key]} inputs {key}, but {found.name} records {summary.get(key)} "
+                "for the same rows (edited after it was written?)"
+            )
 
 
 @dataclass(frozen=True)
@@ -87,6 +168,7 @@ class SmoothedJob:
     device: torch.device
     checkpoint: str = ""  # where the model came from, for the manifest
     collective: Collective = SINGLE_PROCESS
+    replace: bool = False  # start ``out`` over whatever it holds (--force), instead of resuming or refusing it
 
 
 @dataclass(frozen=True)
@@ -238,7 +320,8 @@ def _run_table(job: SmoothedJob, kind: TableKind, on_rows: OnRows | None) -> tup
     engine = build_engine(job.model, spec, job.device)
     manifest = {
         "sigma": {"label": job.sigma.label, "file": job.sigma.source, "sha256": job.sigma.digest}
-        | json_ready(job.sigma.metadata),
+        | json_ready(job.sigma.metadata)
+        | SigmaFacts.of(job.sigma).as_dict(),
         "device": str(job.device),
         "chunk_size": engine.chunk_size,
         "world_size": collective.world,
@@ -248,12 +331,15 @@ def _run_table(job: SmoothedJob, kind: TableKind, on_rows: OnRows | None) -> tup
     fingerprinted = fingerprint(job, kind.options)
     mine = wanted[collective.rank :: collective.world]
     rank, world = collective.rank, collective.world
+    if world > 1 and collective.is_main and job.out.exists() and not job.replace:
+        refuse_foreign(job.out, kind.schema)  # what the shards are merged into
     with ResultTable(job.out if world == 1 else shard_path(job.out, rank, world), kind.schema) as table:
-        there = table.rows_made_with(fingerprinted) if world == 1 else None
+        there = table.rows_made_with(fingerprinted) if world == 1 and not job.replace else None
         if there and len(there) > len(mine) and [int(row["idx"]) for row in there[: len(mine)]] == mine:
             return there[: len(mine)], math.nan, len(there)
         shard = {"shard": f"{rank} of {world}"} if world > 1 else {}
-        done = table.open(fingerprinted | shard, manifest, spec)
+        done = table.open(fingerprinted | shard, manifest, spec, job.replace)
+        check_results(table.path, done, {"sigma": manifest["sigma"], "fingerprint": fingerprinted | shard})
         if [int(row["idx"]) for row in done] != mine[: len(done)]:
             raise NrsError(
                 f"{table.path}: its rows are not the first inputs of this selection (delete it to start over)"
@@ -291,6 +377,7 @@ def _fill_table(
             row.update(idx=index, label=label, correct=int(row["predict"] == label), time=per_input)
         table.append(rows)
         processed += len(indices)
+        pause_for_tests("rows", done + processed)
         if on_rows:
             on_rows(done + processed, done + len(todo))
     return processed
@@ -309,7 +396,8 @@ def _merge_shards(job: SmoothedJob, kind: TableKind, wanted: list[int], fingerpr
                 sidecar(job.out, "manifest"), kind.schema.name, job.spec, fingerprint=fingerprinted, resumed=[],
                 **manifest,
             )  # fmt: skip
-            write_table(job.out, kind.schema, sorted(merged, key=lambda row: position[int(row["idx"])]))
+            ordered = sorted(merged, key=lambda row: position[int(row["idx"])])
+            write_table(os.path.realpath(job.out), kind.schema, ordered)  # through a link the user named
     collective.barrier()
 
 
@@ -317,10 +405,10 @@ def _summary_beside(out: str | Path, summary: dict, answered: int) -> dict:
     """Save the summary beside the TSV, unless the run was ``answered`` from the rows of a longer table (then it
     says from how many, ``answered_from_rows``); with no rows evaluated now the throughput is the one measured
     before."""
-    path = sidecar(out, "summary")
-    if math.isnan(summary["samples_per_second"]) and path.is_file():
+    path, earlier = sidecar(out, "summary"), existing_sidecar(out, "summary")
+    if math.isnan(summary["samples_per_second"]) and earlier is not None:
         try:
-            previous = read_json(path, "summary").get("samples_per_second")
+            previous = read_json(earlier, "summary").get("samples_per_second")
         except NrsError:
             previous = None
         if isinstance(previous, (int, float)):

@@ -18,7 +18,7 @@ from nrs_cli.io.devices import resolve_device
 from nrs_cli.io.distributed import distributed
 from nrs_cli.io.layout import RunLayout
 from nrs_cli.io.loaders import load_split
-from nrs_cli.io.models import build_model, load_checkpoint
+from nrs_cli.io.models import build_model, load_checkpoint, model_digest
 from nrs_cli.io.spec import RunSpec
 from nrs_cli.method.sigma import Sigma, constant_sigma, load_sigma, parse_sigma
 from nrs_cli.runs.certification import SmoothedJob, chosen_on_overlap, wanted_inputs
@@ -39,17 +39,26 @@ def train_job(spec: RunSpec, data_root, runs_dir: Path, name: str, noise: str | 
 
 
 def smoothed_job(
-    command: str, spec: RunSpec, data_root, checkpoint: Path | None, runs_dir: Path, sigma: str | None, out: Path | None
+    command: str,
+    spec: RunSpec,
+    data_root,
+    checkpoint: Path | None,
+    runs_dir: Path,
+    sigma: str | None,
+    out: Path | None,
+    force: bool = False,
 ) -> tuple[SmoothedJob, str]:
-    """``certify`` / ``predict``: model, sigma (given, or the default and why), inputs and output path."""
+    """``certify`` / ``predict``: model, sigma (given, or the default and why), inputs and output path
+    (``force``: start it over whatever it holds)."""
     layout = RunLayout(runs_dir, spec.name)
+    given = parse_sigma(sigma, spec) if sigma is not None else None  # checked before anything is loaded
     checkpoint = layout.base_checkpoint(checkpoint)
     model, _ = load_checkpoint(checkpoint, spec)
-    if sigma is None:
-        chosen, why = default_sigma(spec, layout)
+    if given is None:
+        chosen, why = default_sigma(spec, layout, model, checkpoint)
         note = f"sigma: {chosen.source or chosen.label} ({why}; pass --sigma to choose)"
     else:
-        chosen, note = parse_sigma(sigma, spec), ""
+        chosen, note = given, ""
     inputs = load_split(spec.data, spec.certify.split, data_root)
     out = out or layout.result_tsv(command, chosen.tag, spec.certify.n)
     device = resolve_device(spec.engine.device)
@@ -57,7 +66,7 @@ def smoothed_job(
     if shared:
         note = "\n".join(filter(None, [note, f"note: sigma {chosen.label} was chosen on {shared} of these inputs; "
                                               "numbers to publish come from --inputs report"]))  # fmt: skip
-    return SmoothedJob(spec, model, chosen, inputs, out, device, str(checkpoint)), note
+    return SmoothedJob(spec, model, chosen, inputs, out, device, str(checkpoint), replace=force), note
 
 
 def optimize_job(spec: RunSpec, data_root, checkpoint: Path | None, runs_dir: Path, name: str) -> OptimizeJob:
@@ -96,16 +105,42 @@ def best_sigma_file(summary_path: Path) -> Path | None:
     return summary_path.parent / best["sigma_file"]
 
 
-def default_sigma(spec: RunSpec, layout: RunLayout) -> tuple[Sigma, str]:
-    """The sigma `nrs certify` uses without ``--sigma``, and why: the best point of the dataset's latest
-    sweep, else the spec's ``certify.sigma``."""
-    summary = layout.latest_sweep_summary()
-    best = best_sigma_file(summary) if summary is not None else None
-    if best is not None:
-        return load_sigma(best, spec), f"the best point of the latest sweep ({summary.parent})"
+def default_sigma(spec: RunSpec, layout: RunLayout, model, checkpoint: Path) -> tuple[Sigma, str]:
+    """The sigma `nrs certify` uses without ``--sigma``, and why: the best point of the latest sweep made
+    for this very network (its weights' digest, as the sweep's manifest records it), else, when no
+    sweep exists, the spec's ``certify.sigma``. Sweeps of other networks are never used: the error
+    names them and the networks they were made for."""
+    digest, others = model_digest(model), []
+    for summary in layout.sweep_summaries():
+        made_with = _sweep_network(summary.parent)
+        if made_with is None:
+            continue  # not a sweep of Algorithm 1 (co-optimisation: its sigmas go with its own networks)
+        if made_with[0] != digest:
+            others.append(f"{summary.parent.name} (for {made_with[1] or 'another network'})")
+            continue
+        best = best_sigma_file(summary)
+        if best is not None:
+            return load_sigma(best, spec), f"the best point of the latest sweep of this network ({summary.parent})"
+    if others:
+        raise NrsError(
+            f"no sigma given and no sweep of {checkpoint}: the sweeps {', '.join(others)} were made for other "
+            f"networks; pass --sigma (a number or a sigma file), or run `nrs optimize-sigma --checkpoint {checkpoint}`"
+        )
     if spec.certify.sigma is not None:
         return constant_sigma(spec.certify.sigma, spec.data.input_shape), "the spec's certify.sigma"
     raise NrsError(
         f"no sigma given: pass --sigma (a number or a sigma file), run `nrs optimize-sigma --dataset {spec.name}`, "
         "or set certify.sigma in the spec"
     )
+
+
+def _sweep_network(run_dir: Path) -> tuple[str, str] | None:
+    """``(model digest, checkpoint)`` an optimize-sigma run was made for, from its manifest; None for other runs."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        digest = manifest["fingerprint"]["model_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if manifest.get("kind") != "optimize-sigma" or not isinstance(digest, str):
+        return None
+    return digest, str(manifest.get("checkpoint", ""))

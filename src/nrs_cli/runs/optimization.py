@@ -198,7 +198,7 @@ class OptimizeContext:
             job=job,
             engine=build_engine(job.model, job.spec, job.device),
             eval_indices=input_set(job.test_set, "selection", o.eval_max, job.spec.inputs.seed),
-            steps=steps or o.steps_per_sub_epoch or math.ceil(len(job.train_set) / o.batch_size),
+            steps=steps if steps is not None else o.steps_per_sub_epoch or math.ceil(len(job.train_set) / o.batch_size),
             p_hat_max=p_hat_ceiling(o),
             emit=emit,
             work=WorkCounter(emit),

@@ -29,7 +29,7 @@ from nrs_cli.errors import NrsError
 from nrs_cli.io.data import batch_loader, inputs_digest
 from nrs_cli.io.devices import autocast
 from nrs_cli.io.models import model_digest, save_checkpoint
-from nrs_cli.io.runstate import Resumable, spec_sections, write_manifest
+from nrs_cli.io.runstate import Resumable, pause_for_tests, spec_sections, write_manifest
 from nrs_cli.io.spec import RunSpec, TrainSpec
 from nrs_cli.io.tables import Schema, column, columns_of, write_table
 from nrs_cli.method.sigma import Sigma, constant_sigma, load_sigma, sigma_number
@@ -310,6 +310,7 @@ class EpochSaver:
         self.save(metrics.test_accuracy, trainer)
         if self.on_epoch:
             self.on_epoch(metrics)
+        pause_for_tests("epochs", len(self.history))
 
     def save(self, test_accuracy: float, trainer: Trainer) -> None:
         state = {
