@@ -155,6 +155,11 @@ def test_sweep_chooses_on_the_selection_set_and_a_report_may_not_reuse_it(run_cl
     assert len(reported) == 15 and not set(reported) & set(chosen["indices"])
     manifest = json.loads(sidecar(out, "manifest").read_text())
     assert manifest["fingerprint"]["inputs"] == "report"
+    # in the report set's seeded order, not the split's; read so even without its manifest (as old side-cars are)
+    assert reported != sorted(reported)
+    sidecar(out, "manifest").rename(tmp_path / "kept.json")
+    assert [int(row["idx"]) for row in read_results(out)] == reported
+    (tmp_path / "kept.json").rename(sidecar(out, "manifest"))
     # a sigma chosen on inputs that the report would include is refused
     payload = torch.load(sigma_file, weights_only=True)
     payload.pop("content_sha256")

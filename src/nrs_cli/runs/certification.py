@@ -116,13 +116,13 @@ def _same_sigma_problem(row: dict[str, str], implied: dict[str, tuple[int, float
 
 
 def _check_indices(path: Path, indices: list[int], fingerprint: Any) -> None:
-    """Each input once; for inputs taken from the split's order (not from the selection or report set, whose
-    seeded order only the data can tell), in that order and every one due present when the fingerprint says
-    how inputs were chosen."""
+    """Each input once; when the fingerprint says the inputs came in the split's order (not from the selection
+    or report set, whose seeded order only the data can tell; a table without its manifest could be either),
+    in that order, every one due present."""
     recorded = fingerprint if isinstance(fingerprint, dict) else {}
     skip, shard = recorded.get("skip"), recorded.get("shard", "0 of 1")
     rank, _, world = str(shard).partition(" of ")
-    in_split_order = recorded.get("inputs", "split") == "split"
+    in_split_order = bool(recorded) and recorded.get("inputs", "split") == "split"
     due = None
     if in_split_order and isinstance(skip, int) and skip >= 1 and rank.isdigit() and world.isdigit() and int(world):
         due = range(int(rank) * skip, 2**63, skip * int(world))
