@@ -169,3 +169,21 @@ def test_sweep_chooses_on_the_selection_set_and_a_report_may_not_reuse_it(run_cl
     lines = result.stderr.strip().splitlines()
     assert result.code == 2 and len(lines) == 1 and "was chosen on 3 of these report inputs" in lines[0]
     assert not (tmp_path / "mixed.tsv").exists()
+
+
+def test_an_evaluation_of_fewer_inputs_reads_the_first_rows_of_a_longer_one(trained_mini, tmp_path):
+    """figures evaluates a sigma on 200 report inputs, compare the same sigma on 100: one table serves both."""
+    from nrs_cli.io.loaders import load_split
+    from nrs_cli.io.spec import load_spec
+    from nrs_cli.method.sigma import parse_sigma
+    from nrs_cli.runs.evaluation import Evaluator, Settings
+
+    spec = load_spec("mnist-mini")
+    test_set, sigma, settings = load_split(spec.data, "test"), parse_sigma("0.3", spec), Settings(4, 16, 0.001, 0)
+    checkpoint = str(trained_mini / "checkpoint.pt")
+    cpu = torch.device("cpu")
+    longer = Evaluator(spec, test_set, "report", 6, tmp_path, cpu).outcomes(checkpoint, sigma, settings)
+    shorter = Evaluator(spec, test_set, "report", 3, tmp_path, cpu).outcomes(checkpoint, sigma, settings)
+    assert longer.indices == tuple(input_set(test_set, "report", 6, spec.inputs.seed))
+    assert shorter.indices == longer.indices[:3] and shorter.log_area.tolist() == longer.log_area[:3].tolist()
+    assert len(read_results(next(tmp_path.rglob("*.tsv")))) == 6  # no file changed

@@ -65,7 +65,8 @@ class Evaluator:
             self.say(f"      evaluate sigma {sigma.label} on {self.count} {self.which} inputs ({settings.tag})")
         job = SmoothedJob(spec, self.model(checkpoint), sigma, self.dataset, out, self.device, checkpoint)
         certify_table(job)  # resumes, or finds every row done (the fingerprint checked either way)
-        return Outcomes.from_rows(read_results(out))
+        rows = read_results(out)  # a longer evaluation of the same sigma may be there: its first rows are ours
+        return Outcomes.from_rows(rows if self.count < 0 else rows[: self.count])
 
     def model(self, checkpoint: str) -> nn.Module:
         if checkpoint not in self._models:
