@@ -89,13 +89,19 @@ def split_labels(dataset: Dataset) -> list[int]:
     return [int(dataset[i][1]) for i in range(len(dataset))]
 
 
+def positions_by_class(labels: list[int]) -> dict[int, list[int]]:
+    """Each class's positions in ``labels``, in stored order."""
+    by_class: dict[int, list[int]] = {}
+    for position, label in enumerate(labels):
+        by_class.setdefault(label, []).append(position)
+    return by_class
+
+
 def interleaved_order(labels: list[int], seed: int) -> list[int]:
     """Positions taking the classes in turn, each class in a seeded order: the first k * C items hold
     k of every class (while it lasts), so "the first N test inputs" are a class-balanced sample."""
     generator = torch.Generator().manual_seed(seed)
-    by_class: dict[int, list[int]] = {}
-    for position, label in enumerate(labels):
-        by_class.setdefault(label, []).append(position)
+    by_class = positions_by_class(labels)
     queues = []
     for label in sorted(by_class):
         members = by_class[label]
@@ -116,9 +122,7 @@ def input_set_pools(labels: list[int], seed: int) -> dict[str, list[int]]:
     """
     digest = hashlib.blake2b(f"input sets/{seed}".encode(), digest_size=8).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
-    by_class: dict[int, list[int]] = {}
-    for position, label in enumerate(labels):
-        by_class.setdefault(label, []).append(position)
+    by_class = positions_by_class(labels)
     dealt: dict[str, list[list[int]]] = {name: [] for name in INPUT_SETS}
     for label in sorted(by_class):
         members = by_class[label]

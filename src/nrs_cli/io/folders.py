@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nrs_cli.errors import NrsError
-from nrs_cli.io.data import Selection, missing_data, register_loader
+from nrs_cli.io.data import Selection, missing_data, positions_by_class, register_loader
 from nrs_cli.io.spec import DataSpec, RunSpec, build_spec, builtin_specs, load_spec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -248,9 +248,7 @@ def split_of_one_folder(labels: list[int], fraction: float, seed: int, split: st
     """Positions of one split of a single folder: per class, a seeded share ``fraction`` goes to test
     (at least one image of every class with two or more), the rest to train; in stored order."""
     generator = torch.Generator().manual_seed(seed)
-    by_class: dict[int, list[int]] = {}
-    for position, label in enumerate(labels):
-        by_class.setdefault(label, []).append(position)
+    by_class = positions_by_class(labels)
     chosen = []
     for label in sorted(by_class):
         members = by_class[label]
