@@ -130,6 +130,16 @@ def load_sweep(run_dir: str | Path, label: str | None = None) -> SweepPoints:
     )
 
 
+def label_accuracy_against_area(axes, title: str) -> None:
+    """Axes, title and legend of a clean-accuracy against mean-log_area figure (Figs. 2 and 4)."""
+    axes.set_xlabel("mean " + METRICS["log_area"].axis)
+    axes.set_ylabel("clean accuracy (smoothed, CERTIFY)")
+    percent_axis(axes.yaxis)
+    if title:
+        axes.set_title(title)
+    axes.legend(loc="best", frameon=False)
+
+
 def plot_clean_accuracy(
     sweeps: list[SweepPoints], out_stem: str | Path, unfiltered: bool = False, title: str = ""
 ) -> list[Path]:
@@ -176,12 +186,7 @@ def plot_clean_accuracy(
                     linewidth=1.0,
                     label=f"{prefix}isotropic",
                 )
-        axes.set_xlabel("mean " + METRICS["log_area"].axis)
-        axes.set_ylabel("clean accuracy (smoothed, CERTIFY)")
-        percent_axis(axes.yaxis)
-        if title:
-            axes.set_title(title)
-        axes.legend(loc="best", frameon=False)
+        label_accuracy_against_area(axes, title)
         add_note(figure, "; ".join(sorted({s.note for s in sweeps if s.note})))
         return save_figure(figure, Path(out_stem))
 
@@ -201,10 +206,5 @@ def plot_methods(
             front = sorted(fronts.get(label, []), key=lambda p: p[1])
             axes.plot([p[1] for p in front], [p[0] for p in front], "o-", color=f"C{index}", markersize=3.5,
                       linewidth=1.2, label=label)  # fmt: skip
-        axes.set_xlabel("mean " + METRICS["log_area"].axis)
-        axes.set_ylabel("clean accuracy (smoothed, CERTIFY)")
-        percent_axis(axes.yaxis)
-        if title:
-            axes.set_title(title)
-        axes.legend(loc="best", frameon=False)
+        label_accuracy_against_area(axes, title)
         return save_figure(figure, Path(out_stem))
