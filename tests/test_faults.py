@@ -256,12 +256,14 @@ def checkpoint_with(tmp_path, name, change):
         (lambda p: p["state_dict"].update({7: torch.zeros(1)}), "not a named tensor"),
         (lambda p: p.update(input_shape=5), "which does not match mnist-mini"),
         (lambda p: p.pop("mean"), "mean and std must be lists of 1 numbers"),
-        (lambda p: p.update(std=["wide"]), "std must be positive numbers"),
-        (lambda p: p.update(std=[0.0]), "std must be positive"),
+        (lambda p: p.update(mean=5), "mean and std must be lists of 1 numbers"),
+        (lambda p: p.update(std=["wide"]), "mean and std must be lists of 1 numbers"),
+        (lambda p: p.update(std=[0.0]), "its std must be numbers from 1e-6 to 1e6"),
         (lambda p: p["state_dict"]["1.fc2.bias"].fill_(float("nan")), "not finite"),
-        (lambda p: p.update(std=[1e-30]), "lies outside what pixels in [0, 1] can have"),  # certified 0% before
-        (lambda p: p.update(std=[1e30]), "lies outside what pixels in [0, 1] can have"),
-        (lambda p: p.update(mean=[1e30]), "lies outside what pixels in [0, 1] can have"),
+        (lambda p: p.update(std=[1e-30]), "its std must be numbers from 1e-6 to 1e6"),  # certified 0% before
+        (lambda p: p.update(std=[1e30]), "its std must be numbers from 1e-6 to 1e6"),
+        (lambda p: p.update(mean=[1e30]), "its mean must be finite numbers from -1e6 to 1e6"),
+        (lambda p: p.update(mean=[float("nan")]), "its mean must be finite numbers from -1e6 to 1e6"),
     ],
 )
 def test_checkpoint_metadata_is_typed_and_checked(run_cli, tmp_path, change, message):

@@ -5,7 +5,7 @@ import torch
 
 from nrs_cli.errors import NrsError
 from nrs_cli.io.architectures import list_archs
-from nrs_cli.io.models import Normalize, build_model, load_checkpoint, model_digest, save_checkpoint
+from nrs_cli.io.models import Normalize, build_model, load_checkpoint, load_model, model_digest, save_checkpoint
 from nrs_cli.io.spec import load_spec
 
 
@@ -120,3 +120,20 @@ def test_refuses_a_checkpoint_for_another_dataset(tmp_path):
     )
     with pytest.raises(NrsError, match="does not fit a cifar_resnet20 for mnist"):
         load_checkpoint(tmp_path / "c.pth.tar", spec)
+
+
+@pytest.mark.parametrize(
+    "metadata, given, message",
+    [
+        ({"input_shape": 3, "num_classes": 2}, {}, "m.pt: its metadata: input_shape: expected [channels"),
+        ({"input_shape": "1x28x28", "num_classes": 2}, {}, "input_shape: expected [channels, height, width]"),
+        ({"input_shape": [1, 28, 28], "num_classes": "2"}, {}, "m.pt: its metadata: num_classes: expected from 2"),
+        ({"input_shape": [1, 28, 28], "num_classes": 2}, {"num_classes": 0}, "load_model: num_classes: expected"),
+    ],
+)
+def test_load_model_checks_the_data_it_is_told_or_the_checkpoint_says(tmp_path, metadata, given, message):
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 2))
+    torch.save({"state_dict": network.state_dict(), **metadata}, tmp_path / "m.pt")
+    with pytest.raises(NrsError) as err:
+        load_model(tmp_path / "m.pt", arch="torchvision:resnet18", **given)
+    assert message in str(err.value) and "\n" not in str(err.value)  # num_classes=0 is refused, not replaced

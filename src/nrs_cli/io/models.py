@@ -16,7 +16,7 @@ either runs code stored in the file, and ``torch.export.load`` has no safe mode.
 
 from __future__ import annotations
 
-import math
+import numbers
 import os
 import zipfile
 from pathlib import Path
@@ -32,6 +32,8 @@ from nrs_cli.io.data import data_family
 from nrs_cli.io.folders import load_dataset_spec
 from nrs_cli.io.serialization import atomic_torch_save, check_digest, load_weights_only, tensor_digest, with_digest
 from nrs_cli.io.spec import TORCHVISION_PREFIX, RunSpec, build_spec, is_factory
+from nrs_cli.io.spec_files import short
+from nrs_cli.io.spec_ranges import RANGES
 from nrs_cli.version import __version__
 
 CHECKPOINT_FORMAT = "nrs-checkpoint/1"
@@ -277,16 +279,13 @@ def _checked_data(path, payload: dict[str, Any], spec: RunSpec) -> tuple[tuple[f
             f"{path} was trained on {payload.get('dataset')}, not {spec.name} (choose the matching --dataset)"
         )
     channels = spec.data.input_shape[0]
-    numbers = [isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (mean or [])]
-    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == channels and all(numbers)):
+    lists = isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == channels
+    if not lists or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*mean, *std]):
         raise NrsError(f"{path}: its mean and std must be lists of {channels} numbers (damaged metadata)")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in std):
-        raise NrsError(f"{path}: its std must be positive numbers, got {str(std)[:60]}")
-    if not all(1e-6 <= v <= 1e6 for v in std) or not all(-1e6 <= v <= 1e6 for v in mean):
-        raise NrsError(
-            f"{path}: its normalisation (mean {str(mean)[:40]}, std {str(std)[:40]}) lies outside what pixels in "
-            "[0, 1] can have (std 1e-6 to 1e6, mean -1e6 to 1e6): damaged metadata"
-        )
+    for key, values in (("mean", mean), ("std", std)):
+        test, expected = RANGES[f"data.{key}"]  # what a spec's normalisation may be
+        if not test(values):
+            raise NrsError(f"{path}: its {key} must be {expected}, got {short(values)} (damaged metadata)")
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
@@ -314,15 +313,30 @@ def load_model(
     if dataset is not None:
         spec = load_dataset_spec(dataset, overrides)
     else:
-        num_classes = num_classes or metadata.get("num_classes")
-        input_shape = input_shape or metadata.get("input_shape")
-        if num_classes is None or input_shape is None:
+        num_classes, input_shape = _data_described(path, metadata, num_classes, input_shape)
+        channels = input_shape[0]
+        data = {"loader": str(metadata.get("loader", "imagefolder")), "input_shape": input_shape}
+        data |= {"num_classes": num_classes, "mean": [0.0] * channels, "std": [1.0] * channels}
+        spec = build_spec({"name": "model", "data": data}, "load_model", overrides)
+    return _assembled(path, state, metadata, spec)
+
+
+def _data_described(path, metadata: dict[str, Any], num_classes: Any, input_shape: Any) -> tuple[int, list[int]]:
+    """load_model's class count and input shape: the arguments, else the checkpoint's, of the types and
+    within the ranges a spec allows (checked before the shape sizes any list)."""
+    found: dict[str, Any] = {}
+    for key, given in (("num_classes", num_classes), ("input_shape", input_shape)):
+        value = metadata.get(key) if given is None else given
+        if value is None:
             raise NrsError(
                 "load_model: say what the model classifies: dataset= (a built-in name, a YAML spec or an image "
                 "folder), or num_classes= and input_shape="
             )
-        channels = len(input_shape) and input_shape[0]
-        data = {"loader": str(metadata.get("loader", "imagefolder")), "input_shape": list(input_shape)}
-        data |= {"num_classes": num_classes, "mean": [0.0] * channels, "std": [1.0] * channels}
-        spec = build_spec({"name": "model", "data": data}, "load_model", overrides)
-    return _assembled(path, state, metadata, spec)
+        parts = value if key == "input_shape" and isinstance(value, (list, tuple)) else [value]
+        whole = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in parts)
+        test, expected = RANGES[f"data.{key}"]
+        if not whole or not test(tuple(map(int, parts)) if key == "input_shape" else int(value)):
+            origin = "load_model" if given is not None else f"{path}: its metadata"
+            raise NrsError(f"{origin}: {key}: expected {expected}, got {short(value)}")
+        found[key] = [int(v) for v in parts] if key == "input_shape" else int(value)
+    return found["num_classes"], found["input_shape"]
