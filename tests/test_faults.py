@@ -27,8 +27,11 @@ import numpy as np
 import pytest
 import torch
 from fixtures import write_cifar_batches, write_idx, write_image_folder, write_mnist_raw
+from PIL import Image
 from processes import NRS, Hold, start_nrs
 
+from nrs_cli.errors import NrsError
+from nrs_cli.io.folders import open_rgb
 from nrs_cli.io.models import build_model, save_checkpoint
 from nrs_cli.io.spec import load_spec
 from nrs_cli.io.tables import sidecar
@@ -745,6 +748,24 @@ def test_a_decompression_bomb_in_an_image_folder_is_one_line(run_cli, tmp_path):
     spec = tmp_path / "folder.yaml"
     spec.write_text("extends: mnist-mini\ndata: {loader: imagefolder, folder: imgs, num_classes: 2, resize: 28}\n")
     one_line_error(run_cli("train-base", "--dataset", spec, "--data-root", tmp_path), "a decompression bomb?")
+
+
+def test_a_decompression_bomb_among_the_images_a_folder_spec_samples_is_one_line(run_cli, tmp_path):
+    write_image_folder(tmp_path / "imgs", ["a", "b"], 2, (28, 28))
+    (tmp_path / "imgs" / "a" / "0000.png").write_bytes(png_claiming(60000, 60000))
+    result = run_cli("train-base", "--dataset", tmp_path / "imgs")  # its input shape is read from the images
+    one_line_error(result, "0000.png: the image is larger than", "a decompression bomb?")
+
+
+def test_nrs_reads_images_under_its_own_pixel_limit_and_leaves_the_callers(tmp_path, monkeypatch):
+    (tmp_path / "bomb.png").write_bytes(png_claiming(60000, 60000))
+    Image.fromarray(np.zeros((300, 300, 3), dtype=np.uint8)).save(tmp_path / "plain.png")
+    for callers_limit in (None, 1000):  # PIL's check off, or stricter than nrs's
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", callers_limit)
+        with pytest.raises(NrsError, match="larger than 134,217,728 pixels"):
+            open_rgb(tmp_path / "bomb.png", "bomb.png")
+        assert open_rgb(tmp_path / "plain.png", "plain.png").size == (300, 300)
+        assert Image.MAX_IMAGE_PIXELS == callers_limit
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -90,35 +90,40 @@ MAX_IMAGE_PIXELS = 2**27
 def open_rgb(source: str | os.PathLike | bytes, where: str):
     """An image file (or its bytes) decoded to RGB, with a one-line error for a damaged file or a
     decompression bomb."""
+    return _read_image(source, where, lambda image: image.convert("RGB"))
+
+
+def _read_image(source: str | os.PathLike | bytes, where: str, read: Callable[[Any], Any]) -> Any:
+    """``read(image)`` of an image file (or its bytes) under nrs's pixel limit, with a one-line error for a
+    damaged file or a decompression bomb."""
     from PIL import Image
 
+    callers_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL checks its global limit while opening and decoding: ours for this read only, whatever the
+            # caller set, and theirs again afterwards
             Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                return image.convert("RGB")
+                return read(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise NrsError(
             f"{where}: the image is larger than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)"
         ) from None
     except (OSError, ValueError, SyntaxError) as err:
         raise NrsError(f"{where}: cannot read the image: {err}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = callers_limit
 
 
 def infer_input_shape(folder: Path, resize: int | None = None, crop: int | None = None) -> tuple[int, int, int]:
     """``(channels, height, width)`` of a folder's images as the loader serves them."""
-    from PIL import Image
-
-    sampled = _sampled_images(folder)
     modes, sizes = [], []
-    for path in sampled:
-        try:
-            with Image.open(path) as image:
-                modes.append(image.mode)
-                sizes.append(image.size)
-        except (OSError, ValueError) as err:
-            raise NrsError(f"cannot read the image {path}: {err}") from None
+    for path in _sampled_images(folder):
+        mode, size = _read_image(path, str(path), lambda image: (image.mode, image.size))
+        modes.append(mode)
+        sizes.append(size)
     channels = 1 if all(mode in GREY_MODES for mode in modes) else 3
     width, height = sizes[0]
     side = crop or resize
