@@ -773,6 +773,8 @@ def test_nrs_reads_images_under_its_own_pixel_limit_and_leaves_the_callers(tmp_p
     [
         (lambda b: b.update(data=[1, 2, 3]), "not N x 3072 pixel values"),
         (lambda b: b.update(data="pixels"), "not N x 3072 pixel values"),
+        (lambda b: b.update(data=[[1, 2], [3]], labels=[0, 1]), "ragged, not N x 3072 pixel values"),
+        (lambda b: b.update(labels=[[0], [1, 2], [3], [4]]), "ragged, not N x 3072 pixel values and N labels"),
         (lambda b: b.update(labels=["cat"] * 4), "not 4 whole numbers"),
         (lambda b: b.pop("labels"), "expected a dict with 'data' and 'labels'"),
         (lambda b: b.update(data=b["data"].astype(np.float64) * 4000), "pixels must be whole numbers from 0 to 255"),

@@ -170,7 +170,10 @@ def _cifar_batch_arrays(batch, path: Path) -> tuple[np.ndarray, np.ndarray]:
     a dict with ``data`` (N x 3072 whole numbers from 0 to 255) and ``labels`` (N whole numbers)."""
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         raise NrsError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'")
-    data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    try:
+        data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    except ValueError:  # lists of unequal lengths make no array
+        raise NrsError(f"{path}: its data or labels are ragged, not N x 3072 pixel values and N labels") from None
     if data.dtype.kind not in "uif" or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise NrsError(f"{path}: its data is {data.dtype} {data.shape}, not N x 3072 pixel values (damaged?)")
     if data.size and (not np.isfinite(data).all() or data.min() < 0 or data.max() > 255 or (data % 1).any()):
