@@ -3,6 +3,7 @@ or a batch, fresh or keyed noise, one-line errors, the caller's model left as it
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from linear import SHAPE, linear_model
@@ -48,6 +49,14 @@ def test_noise_is_fresh_per_call_unless_seeded():
     assert smooth.certify(x, 16, 100, 0.01, seed=3) == smooth.certify(x, 16, 100, 0.01, seed=3, batch_size=5)
     keyed = Smooth(linear_model(), 2, torch.full(SHAPE, 0.5), seed=3)  # a seed for every call
     assert keyed.certify(x, 16, 100, 0.01) == smooth.certify(x, 16, 100, 0.01, seed=3)
+
+
+def test_a_numpy_integer_is_the_index_of_one_input():
+    smooth, x = Smooth(linear_model(), 2, 0.5), inputs()
+    keyed = smooth.certify(x[:2], 16, 100, 0.01, indices=[4, 5])
+    assert smooth.certify(x[0], 16, 100, 0.01, indices=np.int64(4)) == keyed[0]
+    assert smooth.certify(x[:2], 16, 100, 0.01, indices=[np.int32(4), np.uint8(5)]) == keyed
+    assert keyed != smooth.certify(x[:2], 16, 100, 0.01, indices=[5, 4])  # the index keys the noise
 
 
 class Net(nn.Module):
@@ -124,6 +133,8 @@ def test_every_mismatch_is_a_one_line_error():
     one_line_error(lambda: smooth.certify(x.to("meta"), 8, 16, 0.01), "x is on meta but the model is on cpu")
     one_line_error(lambda: smooth.certify(x, 8, 16, 0.01, batch_size=0), "batch_size must be a positive integer")
     one_line_error(lambda: smooth.certify(x, 8, 16, 0.01, indices=[1, 2]), "one non-negative integer per input (6)")
+    one_line_error(lambda: smooth.certify(x[0], 8, 16, 0.01, indices=1.5), "one non-negative integer per input (1)")
+    one_line_error(lambda: smooth.certify(x[:2], 8, 16, 0.01, indices=[0, -1]), "got [0, -1]")
     one_line_error(lambda: smooth.certify(x, 8, 16, 0.01, seed=-1), "seed must be an integer")
     one_line_error(lambda: smooth.certify(x, 0, 16, 0.01), "n0 and n must be at least 1")
     one_line_error(lambda: Smooth(model, 3, 0.3).certify(x, 8, 16, 0.01), "not (2, 3) class scores")

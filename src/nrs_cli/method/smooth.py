@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import numbers
 from typing import Iterator
 
 import torch
@@ -163,7 +164,7 @@ class Smooth:
         single = x.ndim == 3
         batch = x.unsqueeze(0) if single else x
         self._sigma_of(tuple(batch.shape[1:]))
-        return batch, single, _keys(indices, len(batch), single)
+        return batch, single, _keys(indices, len(batch))
 
     def _sigma_of(self, shape: tuple[int, ...]) -> None:
         if self.sigma is None:  # a constant: shaped like the first input
@@ -241,12 +242,12 @@ def _checked_seed(seed: int) -> int:
     return seed
 
 
-def _keys(indices: int | list[int] | None, count: int, single: bool) -> list[int]:
-    """The inputs' noise keys: their dataset indices (default 0, 1, ...)."""
+def _keys(indices: int | list[int] | None, count: int) -> list[int]:
+    """The inputs' noise keys: their dataset indices (default 0, 1, ...); one integer (numpy's too) for one input."""
     if indices is None:
         return list(range(count))
-    keys = [indices] if isinstance(indices, int) else indices
-    valid = all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in keys or [None])
-    if not isinstance(keys, list) or len(keys) != count or not valid:
+    keys = [indices] if isinstance(indices, numbers.Integral) else indices
+    whole = isinstance(keys, list) and all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in keys)
+    if not whole or len(keys) != count or min(keys) < 0:
         raise NrsError(f"indices must give one non-negative integer per input ({count}), got {str(indices)[:60]}")
-    return keys
+    return [int(k) for k in keys]
