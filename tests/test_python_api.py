@@ -125,6 +125,10 @@ def test_every_mismatch_is_a_one_line_error():
     one_line_error(lambda: Smooth(model, 0.3, 2), "num_classes must be an integer", "got 0.3")
     one_line_error(lambda: Smooth(model, 2, "0.3"), "sigma must be a number, a tensor or a Sigma")
     one_line_error(lambda: Smooth(model, 2, -0.3), "positive")
+    one_line_error(lambda: Smooth(model, 2, Sigma(torch.zeros(SHAPE), "zeros")), "16 values <= 0")
+    tiny = Sigma(torch.full(SHAPE, 1e-300, dtype=torch.float64), "tiny")  # 0 in float32, the engine's precision
+    one_line_error(lambda: Smooth(model, 2, tiny), "16 values <= 0 (sigma must be positive) in float32")
+    one_line_error(lambda: Smooth(model, 2, Sigma([0.3] * 16, "list")), "a Sigma's values must be a tensor")
     one_line_error(lambda: Smooth(lambda x: x, 2, 0.3), "must be a torch.nn.Module")
     one_line_error(lambda: smooth.certify(x[0, 0], 8, 16, 0.01), "one input (C, H, W) or a batch", "(4, 4)")
     one_line_error(lambda: smooth.certify(x.unsqueeze(0), 8, 16, 0.01), "(1, 6, 1, 4, 4)")

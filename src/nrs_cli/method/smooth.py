@@ -14,6 +14,7 @@ flag is restored afterwards, and nothing else about the model changes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import numbers
@@ -222,8 +223,11 @@ def model_device(model: nn.Module) -> torch.device:
 
 def _as_sigma(sigma: float | torch.Tensor | Sigma) -> tuple[Sigma | None, float]:
     """A Sigma, or (None, the constant) for a number, whose shape comes with the first input."""
-    if isinstance(sigma, Sigma):
-        return sigma, math.nan
+    if isinstance(sigma, Sigma):  # checked like a tensor: a Sigma can be built from any values
+        if not isinstance(sigma.values, torch.Tensor):
+            raise NrsError(f"sigma: a Sigma's values must be a tensor, got {type(sigma.values).__name__}")
+        values = validate_sigma(sigma.values, tuple(sigma.values.shape), sigma.source or "sigma")
+        return dataclasses.replace(sigma, values=values), math.nan
     if isinstance(sigma, torch.Tensor) and sigma.ndim > 0:
         return Sigma(validate_sigma(sigma, tuple(sigma.shape), "sigma"), "sigma"), math.nan
     value = float(sigma.item()) if isinstance(sigma, torch.Tensor) else sigma
