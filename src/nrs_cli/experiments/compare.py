@@ -22,8 +22,9 @@ The runs, each reused (or resumed) when it exists, all with the figures section'
 
 Each method's best point (the most certified area among its points at or above the clean
 accuracy that every method reaches) is certified with the certify section's n0, n and alpha on the
-first ``compare.certify_max`` test inputs. Gains are measured at equal clean accuracy against the
-compared method's front (:mod:`nrs_cli.method.fronts`).
+first ``compare.certify_max`` inputs of the report set. Gains at equal clean accuracy are chosen on
+the selection set and reported on the report set against a reference refined from the compared
+method's front (:mod:`nrs_cli.experiments.gains`, :func:`reference_family`).
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ from nrs_cli.experiments.gains import (
     Point,
     Study,
     candidate_summary,
-    choose_on_selection,
     gains_markdown,
-    report_gain,
+    measure_gain,
 )
 from nrs_cli.io.layout import FIGURES_RUN, RunLayout
 from nrs_cli.io.loaders import load_split
@@ -61,7 +61,6 @@ from nrs_cli.reports.tables import write_tables
 from nrs_cli.runs.certification import SmoothedJob, certify_table
 from nrs_cli.runs.cooptimize import METHOD as COOPTIMIZED
 from nrs_cli.runs.cooptimize import cooptimize_run
-from nrs_cli.runs.evaluation import Evaluator, Settings
 from nrs_cli.runs.optimization import OptimizeJob, read_metrics
 from nrs_cli.runs.reference import Family, ReferencePoint
 from nrs_cli.runs.sweep import run_sweep
@@ -74,7 +73,7 @@ LABELS = {
     "C'": "C′: noise-trained network, Algorithm 1",
     "D": "D: co-optimised network and σ",
 }
-GAINS = [("D", "C"), ("D", "C'"), ("B", "C"), ("C'", "C"), ("B", "A"), ("D", "B")]  # (letter, against its front)
+GAINS = [("D", "C"), ("D", "C'"), ("B", "C"), ("C'", "C"), ("B", "A"), ("D", "B")]  # (letter, reference)
 HEADLINE_PAIRS = {("D", "C"), ("D", "C'"), ("B", "A")}  # measured with a second noise seed too
 
 
@@ -103,7 +102,8 @@ def compare_run(
     floor = min(max(p["accuracy"] for p in found) for found in points.values()) - 0.005
     best = {letter: best_point(found, floor) for letter, found in points.items()}
     results = {letter: certify_point(job, letter, point) for letter, point in best.items()}
-    reported = pair_gains(job, points)
+    study = Study.of(spec, job.test_set, job.layout.root / "evaluations", device, say, spec.compare.certify_max)
+    reported = pair_gains(job, study, points)
     out = Path(out_dir) / spec.name
     say(f"[compare] figures -> {out}")
     draw_comparison(job, points, best, results, out)
@@ -111,28 +111,14 @@ def compare_run(
     for pair, found in reported.items():
         summary["gains"][pair].update(found)
     write_json(summary, out / "compare-summary.json")
-    counts = (spec.optimize.eval_max, spec.compare.certify_max, spec.inputs.seed)
+    counts = (study.selection.size, study.report.size, spec.inputs.seed)
     atomic_write_text(gains_markdown(f"{spec.name}: five methods", reported, counts), out / "compare-gains.md")
     return summary
 
 
-def compare_study(job: CompareJob) -> Study:
-    """The selection and report evaluators of the comparison, with the sweeps' evaluation settings."""
-    o, folder = job.spec.optimize, job.layout.root / "evaluations"
-    return Study(
-        selection=Evaluator(job.spec, job.test_set, "selection", o.eval_max, folder, job.device, job.say),
-        report=Evaluator(job.spec, job.test_set, "report", job.spec.compare.certify_max, folder, job.device, job.say),
-        settings=Settings(o.eval_n0, o.eval_n, o.eval_alpha, job.spec.seed),
-        tolerance=job.spec.inputs.tolerance,
-        steps=job.spec.inputs.refine_steps,
-        resamples=job.spec.inputs.bootstrap,
-    )
-
-
-def pair_gains(job: CompareJob, points: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def pair_gains(job: CompareJob, study: Study, points: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Every compared pair's gain chosen on the selection set and reported on the report set
     (:mod:`nrs_cli.experiments.gains`); the headline pairs with a second noise seed too."""
-    study = compare_study(job)
     found = {}
     for letter, against in GAINS:
         job.say(f"[compare] {letter} vs {against}: chosen on the selection set, reported on the report set")
@@ -147,31 +133,26 @@ def pair_gain(study: Study, spec: RunSpec, compared: list[dict], reference: list
     ranked = sorted(sparse, key=lambda p: -p["gain_at_equal_accuracy"])[:CANDIDATES]
     if not ranked:
         return {"sparse": None, "selection": None, "report": None, "second_seed": None}
-    family, initial = reference_family(spec, ranked[0]["accuracy"], reference)
     candidates = [
         Point(p["checkpoint"], lambda p=p: point_sigma(p, spec), p["accuracy"], p["mean_log_area"], _described(p))
         for p in ranked
     ]
-    selection, _ = choose_on_selection(study, family, initial, candidates)
-    result = {
+    found = measure_gain(study, lambda point: reference_family(spec, point.accuracy, reference), candidates, second)
+    return {
         "sparse": {**_described(ranked[0]), "accuracy": ranked[0]["accuracy"],
                    "gain_at_equal_accuracy": ranked[0]["gain_at_equal_accuracy"]},
-        "selection": {"candidates": [candidate_summary(m) for m in selection["candidates"]]},
-        "report": None,
-        "second_seed": None,
+        "selection": {"candidates": [candidate_summary(m) for m in found["selection"]["candidates"]]},
+        "report": found["report"],
+        "second_seed": found["second_seed"],
     }  # fmt: skip
-    chosen = selection["chosen"]
-    if chosen is not None:
-        result["report"] = {**chosen["point"].describe, **report_gain(study, family, chosen["point"], _scales(chosen))}
-        if second:
-            start = _scales(result["report"]) or _scales(chosen)
-            result["second_seed"] = report_gain(study, family, chosen["point"], start, seed_offset=1)
-    return result
 
 
 def reference_family(spec: RunSpec, accuracy: float, reference: list[dict]) -> tuple[Family, list[ReferencePoint]]:
-    """The reference method's sigmas nearest in accuracy, as a family to refine: the isotropic sigmas on that
-    network, or that optimised sigma scaled."""
+    """The reference method's front point nearest in accuracy, as a family to refine: the isotropic sigmas
+    of that network, or that optimised sigma scaled.
+
+    The dense reference is this one family: the method's other networks and sigmas are not in it, so
+    where one of them lies above the family near the compared accuracy the gain is overstated."""
     front = front_curve([(p["accuracy"], p["mean_log_area"]) for p in reference])
     on_front = [p for p in reference if (p["accuracy"], p["mean_log_area"]) in front]
     nearest = min(on_front, key=lambda p: abs(p["accuracy"] - accuracy))
@@ -187,10 +168,6 @@ def reference_family(spec: RunSpec, accuracy: float, reference: list[dict]) -> t
 def _described(point: dict[str, Any]) -> dict[str, Any]:
     keys = ("method", "init", "sub_epoch", "sigma_file", "run_dir", "checkpoint")
     return {key: point[key] for key in keys}
-
-
-def _scales(measured: dict[str, Any]) -> list[float]:
-    return [b["scale"] for b in measured.get("bracket") or []]
 
 
 def collect_points(job: CompareJob) -> dict[str, list[dict[str, Any]]]:

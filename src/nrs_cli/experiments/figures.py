@@ -46,7 +46,6 @@ from nrs_cli.reports.result_files import ResultFile, load_result
 from nrs_cli.reports.sigma_images import plot_sigmas, robustness_report
 from nrs_cli.reports.tables import write_tables
 from nrs_cli.runs.certification import SmoothedJob, certify_table
-from nrs_cli.runs.evaluation import Evaluator, Settings
 from nrs_cli.runs.optimization import OptimizeJob, read_metrics
 from nrs_cli.runs.sweep import run_sweep
 from nrs_cli.runs.train import STATE_FILE, TrainJob, train_base_run, training_sigma
@@ -119,7 +118,7 @@ def figures_run(
     run_sweep(OptimizeJob(spec, model, train_set, test_set, sweep_dir, device, str(checkpoint)))
     rows = read_metrics(sweep_dir)
     say("[3/5] the largest gain: chosen on the selection set, reported on the report set")
-    study = figures_study(spec, test_set, layout, device, say)
+    study = Study.of(spec, test_set, layout.root / "evaluations", device, say, spec.certify.max)
     headline = sweep_headline(study, spec, rows, sweep_dir, str(checkpoint))
     picks = choose_sigmas(rows, spec.figures.sigmas, headline["selection"].get("chosen_file"))
     optimised = [load_sigma(sweep_dir / row["sigma_file"], spec) for row in picks]
@@ -136,19 +135,6 @@ def figures_run(
     pairs = [(f"Δ {results[k].label} − partner", results[k], results[k + 1]) for k in range(0, len(results), 2)]
     headline["partners"] = partner_gains(pairs, spec.inputs.bootstrap)
     return draw_figures(spec, Drawn(results, pairs, headline), sweep_dir, optimised, out)
-
-
-def figures_study(spec: RunSpec, test_set: Dataset, layout: RunLayout, device: torch.device, say: Say) -> Study:
-    """The selection and report evaluators of ``nrs figures``, with the sweep's evaluation settings."""
-    o, folder = spec.optimize, layout.root / "evaluations"
-    return Study(
-        selection=Evaluator(spec, test_set, "selection", o.eval_max, folder, device, say),
-        report=Evaluator(spec, test_set, "report", spec.certify.max, folder, device, say),
-        settings=Settings(o.eval_n0, o.eval_n, o.eval_alpha, spec.seed),
-        tolerance=spec.inputs.tolerance,
-        steps=spec.inputs.refine_steps,
-        resamples=spec.inputs.bootstrap,
-    )
 
 
 def ensure_base_classifier(

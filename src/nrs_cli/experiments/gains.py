@@ -19,8 +19,13 @@ For a compared method (optimised sigmas) and a reference (a family of sigmas, se
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
+import torch
+from torch.utils.data import Dataset
+
+from nrs_cli.io.spec import RunSpec
 from nrs_cli.method.sigma import Sigma, load_sigma
 from nrs_cli.method.statistics import (
     Interval,
@@ -29,7 +34,7 @@ from nrs_cli.method.statistics import (
     mean_log_area_difference,
     reference_area,
 )
-from nrs_cli.runs.evaluation import Evaluator, Settings
+from nrs_cli.runs.evaluation import Evaluator, Say, Settings
 from nrs_cli.runs.reference import Family, ReferencePoint, front_bracket, is_dense, refine
 from nrs_cli.runs.sweep import sweep_summary
 
@@ -47,6 +52,9 @@ class Point:
     describe: dict[str, Any]  # how a summary names it (init, sub_epoch, sigma_file, ...)
 
 
+ReferenceOf = Callable[[Point], tuple[Family, list[ReferencePoint]]]  # a point's reference family, points evaluated
+
+
 @dataclass
 class Study:
     """Everything one comparison needs: the two evaluators, the settings and the refinement limits."""
@@ -58,10 +66,27 @@ class Study:
     steps: int
     resamples: int
 
+    @classmethod
+    def of(cls, spec: RunSpec, test_set: Dataset, folder: Path, device: torch.device, say: Say, report_count: int):
+        """The study of a spec: the sweep's selection inputs and evaluation settings, ``report_count`` report
+        inputs, evaluations kept under ``folder``."""
+        o = spec.optimize
+        return cls(
+            selection=Evaluator(spec, test_set, "selection", o.eval_max, folder, device, say),
+            report=Evaluator(spec, test_set, "report", report_count, folder, device, say),
+            settings=Settings(o.eval_n0, o.eval_n, o.eval_alpha, spec.seed),
+            tolerance=spec.inputs.tolerance,
+            steps=spec.inputs.refine_steps,
+            resamples=spec.inputs.bootstrap,
+        )
+
+    def reference_point(self, family: Family, scale: float, evaluator: Evaluator, settings: Settings):
+        outcomes = evaluator.outcomes(family.checkpoint, family.sigma(scale), settings)
+        return ReferencePoint(scale, outcomes.accuracy, outcomes.mean_log_area, outcomes)
+
     def refine(self, family: Family, points, accuracy: float, evaluator: Evaluator, settings: Settings):
         def evaluate(scale: float) -> ReferencePoint:
-            outcomes = evaluator.outcomes(family.checkpoint, family.sigma(scale), settings)
-            return ReferencePoint(scale, outcomes.accuracy, outcomes.mean_log_area, outcomes)
+            return self.reference_point(family, scale, evaluator, settings)
 
         return refine(evaluate, points, accuracy, self.tolerance, self.steps)
 
@@ -75,46 +100,71 @@ def dense_gain(bracket, accuracy: float, area: float) -> float | None:
     )
 
 
-def choose_on_selection(
-    study: Study, family: Family, reference: list[ReferencePoint], candidates: list[Point]
-) -> tuple[dict[str, Any], list[ReferencePoint]]:
-    """Refine the reference around each candidate's selection accuracy; the candidate with the largest dense gain."""
-    measured = []
+def choose_on_selection(study: Study, reference_of: ReferenceOf, candidates: list[Point]) -> dict[str, Any]:
+    """Refine each candidate's reference around its selection accuracy; the candidate with the largest dense gain.
+
+    ``reference_of(point)`` is the family to refine for that point and its points already evaluated on the
+    selection set (those refined for one candidate are kept for the next of the same family)."""
+    measured, refined = [], {}
     for point in candidates:
-        reference = study.refine(family, reference, point.accuracy, study.selection, study.settings)
+        family, initial = reference_of(point)
+        known = refined.get(family.key, initial)
+        reference = study.refine(family, known, point.accuracy, study.selection, study.settings)
+        refined[family.key] = reference
         bracket = front_bracket(reference, point.accuracy)
         dense = is_dense(reference, point.accuracy, study.tolerance)
         gain = dense_gain(bracket if dense else None, point.accuracy, point.mean_log_area)
-        measured.append({"point": point, "gain": gain, "bracket": _bracket_dict(bracket)})
+        measured.append({"point": point, "family": family, "gain": gain, "bracket": _bracket_dict(bracket)})
     gained = [m for m in measured if m["gain"] is not None]
     chosen = max(gained, key=lambda m: m["gain"]) if gained else None
-    return {"candidates": measured, "chosen": chosen}, reference
+    return {"candidates": measured, "chosen": chosen}
 
 
 def report_gain(study: Study, family: Family, point: Point, start: list[float], seed_offset: int = 0) -> dict[str, Any]:
-    """The point's gain over the reference on the report set, refined from the scales in ``start``."""
+    """The point's gain over the reference on the report set, refined from the scales in ``start``.
+
+    A gain is given only where the refined reference brackets the point's report accuracy within the
+    tolerance (``dense``); otherwise ``gain`` is None and ``bracket`` shows how far it got."""
     settings = Settings(study.settings.n0, study.settings.n, study.settings.alpha, study.settings.seed + seed_offset)
     outcomes = study.report.outcomes(point.checkpoint, point.sigma(), settings)
-    reference: list[ReferencePoint] = []
-    for scale in start:
-        sigma_outcomes = study.report.outcomes(family.checkpoint, family.sigma(scale), settings)
-        reference.append(ReferencePoint(scale, sigma_outcomes.accuracy, sigma_outcomes.mean_log_area, sigma_outcomes))
+    reference = [study.reference_point(family, scale, study.report, settings) for scale in start]
     reference = study.refine(family, reference, outcomes.accuracy, study.report, settings)
     bracket = front_bracket(reference, outcomes.accuracy)
+    dense = is_dense(reference, outcomes.accuracy, study.tolerance)
     result: dict[str, Any] = {
         "seed": settings.seed,
         "accuracy": outcomes.accuracy,
         "mean_log_area": outcomes.mean_log_area,
         "bracket": _bracket_dict(bracket),
-        "dense": is_dense(reference, outcomes.accuracy, study.tolerance),
+        "dense": dense,
         "gain": None,
     }
-    if bracket is not None:
+    if dense:
         gain = gain_at_equal_accuracy(
             outcomes, bracket[0].outcomes, bracket[1].outcomes, study.resamples, settings.seed
         )
         result["gain"] = gain.to_dict()
     return result
+
+
+def measure_gain(study: Study, reference_of: ReferenceOf, candidates: list[Point], second_seed: bool) -> dict:
+    """Steps 1 to 3 of the module docstring for ranked candidates: the selection-set choice, the chosen
+    point's report-set gain, and (if ``second_seed``) the same with the next noise seed."""
+    selection = choose_on_selection(study, reference_of, candidates)
+    found: dict[str, Any] = {"selection": selection, "report": None, "second_seed": None}
+    chosen = selection["chosen"]
+    if chosen is None:
+        return found
+    point, family = chosen["point"], chosen["family"]
+    found["report"] = {**point.describe, **report_gain(study, family, point, _scales(chosen["bracket"]))}
+    if second_seed:
+        start = _scales(found["report"]["bracket"]) or _scales(chosen["bracket"])
+        found["second_seed"] = report_gain(study, family, point, start, seed_offset=1)
+    return found
+
+
+def _scales(bracket: list[dict[str, float]] | None) -> list[float]:
+    return [b["scale"] for b in bracket or []]
 
 
 def _bracket_dict(bracket) -> list[dict[str, float]] | None:
@@ -143,27 +193,21 @@ def sweep_headline(study: Study, spec, rows: list[dict[str, Any]], sweep_dir, ch
               p["mean_log_area"], {k: p[k] for k in ("init", "sub_epoch", "sigma_file")})
         for p in ranked
     ]  # fmt: skip
-    selection, _ = choose_on_selection(study, family, reference, candidates)
-    headline: dict[str, Any] = {
+    found = measure_gain(study, lambda point: (family, reference), candidates, second_seed=True)
+    chosen = found["selection"]["chosen"]
+    return {
         "inputs": {
-            "selection": {"count": study.selection.count, "seed": spec.inputs.seed},
-            "report": {"count": study.report.count, "seed": spec.inputs.seed},
+            "selection": {"count": study.selection.size, "seed": spec.inputs.seed},
+            "report": {"count": study.report.size, "seed": spec.inputs.seed},
         },
         "sparse": {"grid": len(isotropic), **(_described(ranked[0]) if ranked else {})},
         "selection": {
-            "candidates": [candidate_summary(m) for m in selection["candidates"]],
-            "chosen_file": selection["chosen"]["point"].describe["sigma_file"] if selection["chosen"] else None,
+            "candidates": [candidate_summary(m) for m in found["selection"]["candidates"]],
+            "chosen_file": chosen["point"].describe["sigma_file"] if chosen else None,
         },
-        "report": None,
-        "second_seed": None,
+        "report": found["report"],
+        "second_seed": found["second_seed"],
     }
-    chosen = selection["chosen"]
-    if chosen is not None:
-        report = report_gain(study, family, chosen["point"], [b["scale"] for b in chosen["bracket"]])
-        headline["report"] = {**chosen["point"].describe, **report}
-        start = [b["scale"] for b in report["bracket"] or chosen["bracket"]]
-        headline["second_seed"] = report_gain(study, family, chosen["point"], start, seed_offset=1)
-    return headline
 
 
 def _described(point: dict[str, Any]) -> dict[str, Any]:
@@ -218,15 +262,24 @@ def headline_markdown(name: str, headline: dict[str, Any]) -> str:
         ("other inputs, refined reference", headline["report"]),
         ("the same, second noise seed", headline["second_seed"]),
     ):
-        gain = interval(result)
         if result is not None:
-            text = "-" if gain is None else gain.text()
-            lines.append(f"| {title} (seed {result['seed']}) | report | {_name(headline['report'])} | {text} |")
+            point = {**headline["report"], "accuracy": result["accuracy"]}
+            lines.append(f"| {title} (seed {result['seed']}) | report | {_name(point)} | {_gain_text(result)} |")
     for partner in headline.get("partners", []):
         gain = partner["mean_log_area_gain"]
         text = Interval(gain["estimate"], gain["low"], gain["high"]).text()
         lines.append(f"| {partner['label']}: mean log_area, Fig. 1's CERTIFY | report | | {text} |")
     return "\n".join(lines) + "\n"
+
+
+def _gain_text(result: dict[str, Any] | None) -> str:
+    """A report-set gain with its interval; why there is none where there is none."""
+    if not result:
+        return "-"
+    gain = interval(result)
+    if gain is not None:
+        return gain.text()
+    return "- (no reference within the tolerance)" if result.get("bracket") else "- (reference not reached)"
 
 
 def _name(point: dict[str, Any]) -> str:
@@ -251,8 +304,7 @@ def gains_markdown(title: str, reported: dict[str, dict[str, Any]], counts: tupl
         cells = [
             "-" if not sparse else f"{sparse['gain_at_equal_accuracy']:+.1f}",
             "-" if not chosen else f"{max(chosen):+.1f}",
-            *("-" if interval(found.get(key)) is None else interval(found[key]).text() for key in ("report",
-                                                                                                   "second_seed")),
+            *(_gain_text(found.get(key)) for key in ("report", "second_seed")),
         ]  # fmt: skip
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

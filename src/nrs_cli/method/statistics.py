@@ -72,10 +72,9 @@ class Interval:
     def to_dict(self) -> dict[str, float]:
         return {"estimate": self.estimate, "low": self.low, "high": self.high}
 
-    def text(self, digits: int = 1, sign: bool = True) -> str:
+    def text(self) -> str:
         """``+352.1 [310.2, 398.7]``."""
-        number = f"{{:{'+' if sign else ''}.{digits}f}}"
-        return f"{number.format(self.estimate)} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        return f"{self.estimate:+.1f} [{self.low:.1f}, {self.high:.1f}]"
 
 
 def resample_weights(size: int, count: int, seed: int) -> np.ndarray:

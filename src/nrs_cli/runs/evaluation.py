@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from nrs_cli.io.data import input_set
 from nrs_cli.io.models import load_checkpoint
 from nrs_cli.io.spec import RunSpec
 from nrs_cli.method.sigma import Sigma
@@ -57,7 +58,7 @@ class Evaluator:
         """Per-input results of ``sigma`` on the network in ``checkpoint`` (evaluated now, or read back)."""
         certify = dataclasses.replace(
             self.spec.certify, n0=settings.n0, n=settings.n, alpha=settings.alpha, inputs=self.which,
-            max=self.count, skip=1, split="test",
+            max=self.count, skip=1, split="test", bound="one-sided",  # the sweep's bound: one family of points
         )  # fmt: skip
         spec = dataclasses.replace(self.spec, certify=certify, seed=settings.seed)
         out = self.folder / self.which / network_tag(checkpoint) / f"{sigma.tag}_{settings.tag}.tsv"
@@ -68,6 +69,11 @@ class Evaluator:
         rows = read_results(out)  # a longer evaluation of the same sigma may be there: its first rows are ours
         return Outcomes.from_rows(rows if self.count < 0 else rows[: self.count])
 
+    @property
+    def size(self) -> int:
+        """How many inputs an evaluation covers (``count``, or the whole set when it holds fewer or count is -1)."""
+        return len(input_set(self.dataset, self.which, self.count, self.spec.inputs.seed))
+
     def model(self, checkpoint: str) -> nn.Module:
         if checkpoint not in self._models:
             self._models[checkpoint] = load_checkpoint(checkpoint, self.spec)[0]
@@ -75,6 +81,12 @@ class Evaluator:
 
 
 def network_tag(checkpoint: str) -> str:
-    """A network's folder name: its run folder (``base``, ``noise-0.25``), or its file's stem for others."""
+    """A network's folder name: its run folder (``base``, ``noise-0.25``), the run and round of a
+    co-optimised network (``co-clean_init00-0.25_round03``: two co-optimisations name rounds alike),
+    or the file's stem for others."""
     path = Path(checkpoint)
-    return path.parent.name if path.name == "checkpoint.pt" else path.stem
+    if path.name == "checkpoint.pt":
+        return path.parent.name
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}_{path.stem}"
+    return path.stem

@@ -41,6 +41,11 @@ class Family:
     base: Sigma | None  # None: isotropic, the scale is the sigma
     input_shape: tuple[int, ...]
 
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """Which family this is: its network and its base sigma's file (None: isotropic)."""
+        return self.checkpoint, None if self.base is None else f"{self.base.source}/{self.base.label}"
+
     def sigma(self, scale: float) -> Sigma:
         if self.base is None:
             return constant_sigma(scale, self.input_shape)
@@ -69,12 +74,12 @@ def front_bracket(points: list[ReferencePoint], accuracy: float) -> tuple[Refere
 
 
 def scale_neighbours(points: list[ReferencePoint], accuracy: float) -> tuple[float, float] | None:
-    """The largest scale evaluated that is still at least as accurate, and the next larger scale evaluated."""
-    finite = [p for p in points if math.isfinite(p.mean_log_area)]
-    accurate = [p.scale for p in finite if p.accuracy >= accuracy]
+    """The largest scale evaluated that is still at least as accurate, and the next larger scale evaluated
+    (one that certifies no input counts: it is less accurate, and bisecting towards it finds the rest)."""
+    accurate = [p.scale for p in points if p.accuracy >= accuracy and math.isfinite(p.mean_log_area)]
     if not accurate:
         return None
-    larger = [p.scale for p in finite if p.scale > max(accurate)]
+    larger = [p.scale for p in points if p.scale > max(accurate)]
     return (max(accurate), min(larger)) if larger else None
 
 
