@@ -12,9 +12,10 @@ import yaml
 from fixtures import write_image_folder
 from PIL import Image
 from torch import nn
+from torchvision import transforms
 
 from nrs_cli.errors import NrsError
-from nrs_cli.io.folders import folder_spec, is_image_folder, load_dataset_spec
+from nrs_cli.io.folders import ImageFiles, folder_spec, image_transform, is_image_folder, load_dataset_spec
 from nrs_cli.io.loaders import load_data, load_split
 from nrs_cli.io.models import build_model, load_checkpoint, load_model, model_digest, save_checkpoint
 from nrs_cli.io.spec import load_spec
@@ -51,6 +52,21 @@ def test_train_and_test_folders_are_used_as_they_are(tmp_path):
     (tmp_path / "d" / "test" / "eel").rename(tmp_path / "d" / "test" / "emu")
     with pytest.raises(NrsError, match="train and test have different classes .*eel"):
         load_dataset_spec(str(tmp_path / "d"))
+
+
+def test_images_in_nested_folders_belong_to_their_class_in_torchvisions_order(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    write_image_folder(tmp_path / "pets" / "cat", ["indoor", "outdoor"], 2, (8, 8))  # cat holds no image itself
+    write_image_folder(tmp_path / "pets", ["dog"], 3, (8, 8))
+    write_image_folder(tmp_path / "pets" / "dog", ["puppy", "puppy-old"], 1, (8, 8), seed=1)
+    assert is_image_folder(tmp_path / "pets")
+    spec = folder_spec(tmp_path / "pets")
+    assert spec.data.num_classes == 2 and spec.data.input_shape == (3, 8, 8)
+    ours = ImageFiles(tmp_path / "pets", image_transform(spec.data), spec.data.input_shape)
+    theirs = ImageFolder(str(tmp_path / "pets"))
+    assert [(str(path), label) for path, label in ours.samples] == theirs.samples and len(ours) == 9
+    assert torch.equal(ours[8][0], transforms.ToTensor()(theirs[8][0]))
 
 
 def test_channels_and_size_come_from_the_images(tmp_path):

@@ -39,11 +39,18 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """The image files in a class folder at any depth, in the order torchvision's ``ImageFolder`` lists them
+    (folders by path, then files by name); links to folders are not followed, so a loop cannot hang the walk."""
+    return [
+        Path(parent) / name
+        for parent, _, names in sorted(os.walk(folder))
+        for name in sorted(names)
+        if name.lower().endswith(IMAGE_SUFFIXES)
+    ]
 
 
 def _class_folders(folder: Path) -> list[Path] | None:
-    """The class sub-folders of a folder, if it has two or more and each holds an image."""
+    """The class sub-folders of a folder, if it has two or more and each holds an image (at any depth)."""
     if not folder.is_dir():
         return None
     classes = _subfolders(folder)
@@ -205,16 +212,12 @@ def image_transform(spec: DataSpec):
 
 class ImageFiles(Dataset):
     """The images of ``<class>/<image>`` folders, as torchvision's ``ImageFolder`` lists them (every file
-    with an image suffix under a class folder, sorted; hidden folders are not classes), decoded to RGB,
+    with an image suffix under a class folder, at any depth; hidden folders are not classes), decoded to RGB,
     transformed, and checked against the input shape as they are read."""
 
     def __init__(self, folder: Path, transform, input_shape: tuple[int, ...]):
         self.classes = [c.name for c in _subfolders(folder)]
-        self.samples = [
-            (path, label)
-            for label, name in enumerate(self.classes)
-            for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        ]
+        self.samples = [(path, label) for label, name in enumerate(self.classes) for path in _images(folder / name)]
         self.targets = [label for _, label in self.samples]  # labels without reading images (split_labels)
         self.transform = transform
         self.input_shape = tuple(input_shape)
