@@ -69,6 +69,12 @@ def test_images_in_nested_folders_belong_to_their_class_in_torchvisions_order(tm
     assert torch.equal(ours[8][0], transforms.ToTensor()(theirs[8][0]))
 
 
+def test_a_long_folder_name_makes_a_run_name_of_the_length_a_spec_allows(tmp_path):
+    for folder, name in (("a" * 99 + " b" * 20, "a" * 99), ("_ photos " + "x" * 150, "images-_-photos-" + "x" * 84)):
+        write_image_folder(tmp_path / folder, ["cat", "dog"], 1, (8, 8))
+        assert folder_spec(tmp_path / folder).name == name
+
+
 def test_channels_and_size_come_from_the_images(tmp_path):
     for name in ("a", "b"):
         (tmp_path / "grey" / name).mkdir(parents=True)

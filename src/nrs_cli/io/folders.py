@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from nrs_cli.errors import NrsError
 from nrs_cli.io.data import Selection, missing_data, positions_by_class, register_loader
 from nrs_cli.io.spec import DataSpec, RunSpec, build_spec, builtin_specs, load_spec
+from nrs_cli.io.spec_ranges import NAME_LENGTH
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -138,9 +139,11 @@ def infer_input_shape(folder: Path, resize: int | None = None, crop: int | None 
 
 
 def run_name(folder: Path) -> str:
-    """A run name from a folder's name (it names run folders: letters, digits, '.', '_' and '-')."""
+    """A run name from a folder's name (it names run folders: letters, digits, '.', '_' and '-'; cut to
+    the length a spec allows)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-.")
-    return name if name and name[0].isalnum() else f"images-{name}".rstrip("-")
+    name = name if name and name[0].isalnum() else f"images-{name}"
+    return name[:NAME_LENGTH].rstrip("-.")
 
 
 def folder_spec(folder: str | Path, overrides: dict[str, Any] | None = None) -> RunSpec:

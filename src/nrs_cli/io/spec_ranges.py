@@ -14,7 +14,8 @@ from typing import Any, Callable
 from nrs_cli.errors import NrsError
 from nrs_cli.io.spec_files import short
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME_LENGTH = 100  # a run name's most characters (it names run folders)
+_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_LENGTH - 1}}}")
 # Every sigma nrs uses lies here (pixel units, images in [0, 1]): far beyond any useful noise at both ends.
 SIGMA_BOUNDS = (1e-6, 1e3)
 Check = tuple[Callable[[Any], bool], str]
@@ -67,7 +68,10 @@ _STEP = _within(-SIGMA_BOUNDS[1], SIGMA_BOUNDS[1], "a step of sigma (finite, pix
 _THRESHOLDS = _each(lambda x: -1e15 <= x <= 1e15, "null or a list of finite numbers", optional=True)
 # Ranges checked after the types: dotted key -> (test, what is expected).
 RANGES: dict[str, Check] = {
-    "name": (lambda v: bool(_NAME.fullmatch(v)), "up to 100 letters, digits, '.', '_' or '-' (it names run folders)"),
+    "name": (
+        lambda v: bool(_NAME.fullmatch(v)),
+        f"up to {NAME_LENGTH} letters, digits, '.', '_' or '-' (it names run folders)",
+    ),
     "seed": _SEED,
     "data.split_seed": _SEED,
     "data.input_shape": (_image_shape, "[channels, height, width], each 1 to 65536, at most 2^28 elements"),
