@@ -1,4 +1,6 @@
 import collections
+import os
+import stat
 
 import pytest
 import torch
@@ -137,3 +139,13 @@ def test_load_model_checks_the_data_it_is_told_or_the_checkpoint_says(tmp_path, 
     with pytest.raises(NrsError) as err:
         load_model(tmp_path / "m.pt", arch="torchvision:resnet18", **given)
     assert message in str(err.value) and "\n" not in str(err.value)  # num_classes=0 is refused, not replaced
+
+
+def test_a_saved_checkpoint_has_the_permissions_of_a_new_file_not_of_its_private_temporary(tmp_path):
+    spec = load_spec("mnist-mini")
+    callers = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path / "c.pt", build_model(spec), spec, "mnist_cnn")
+    finally:
+        os.umask(callers)
+    assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o640 and os.listdir(tmp_path) == ["c.pt"]

@@ -77,11 +77,11 @@ def _atomic_write(path: str | os.PathLike, mode: str, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(descriptor, mode) as handle:
-            write(handle)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # temporary files are private; results are not
+        with os.fdopen(descriptor, mode) as handle:
+            write(handle)
+            os.fchmod(handle.fileno(), 0o666 & ~umask)  # temporary files are private; results are not
         os.replace(temporary, path)
     except BaseException as err:
         with contextlib.suppress(OSError):
