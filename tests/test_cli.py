@@ -121,3 +121,13 @@ def test_optimize_sigma_as_typed_without_a_base_classifier_says_how_to_get_one(r
     result = run_cli("optimize-sigma", "--dataset", "kitti")
     assert result.code == 2 and result.stderr.count("\n") == 1
     assert "nrs train-base --dataset kitti --data-root" in result.stderr and "--checkpoint" in result.stderr
+
+
+def test_compare_and_figures_take_an_image_folder_from_data_root(run_cli, tmp_path, monkeypatch):
+    from fixtures import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    write_image_folder(tmp_path / "pets", ["cat", "dog"], 4, (8, 8))
+    for command in ("compare", "figures"):  # the folder, not mnist-mini: it has no network until --arch names one
+        result = run_cli(command, "--data-root", tmp_path / "pets")
+        assert result.code == 2 and "no architecture for pets: pass --arch" in result.stderr

@@ -144,13 +144,15 @@ def _run_optimization(
 
 
 def _describe_optimization(job, constants: list[float], co: bool) -> str:
+    from nrs_cli.io.data import input_set
+
     spec, o, c = job.spec, job.spec.optimize, job.spec.cooptimize
     rounds = (
         f"{c.rounds} rounds of {c.finetune_steps} fine-tuning steps (lr {c.finetune_lr:g}) and {c.sigma_steps}"
         if co
         else f"{o.sub_epochs} sub-epochs x {o.steps_per_sub_epoch or 'a pass of'}"
     )
-    inputs = o.eval_max if o.eval_max >= 0 else len(job.test_set)
+    inputs = len(input_set(job.test_set, "selection", o.eval_max, spec.inputs.seed))
     world = job.collective.world
     return (
         f"{'co-optimize' if co else 'optimize-sigma'}: {spec.name}, inits {', '.join(f'{k:g}' for k in constants)}, "

@@ -48,7 +48,8 @@ STOP = typer.Option(
     "--max",
     "--stop",
     metavar="N",
-    help="Stop before this input index [spec: certify.max]; --stop under torchrun.",
+    help="Stop before this input index; with --inputs selection|report, how many of the set [spec: certify.max]; "
+    "--stop under torchrun.",
     rich_help_panel=Panel.DATA,
 )
 INPUTS = typer.Option(

@@ -14,7 +14,6 @@ from nrs_cli.cli.options import (
     ARCH,
     CHECKPOINT,
     DATA_ROOT,
-    DATASET,
     DATASET_HELP,
     DEVICE,
     MEAN,
@@ -30,7 +29,20 @@ from nrs_cli.cli.options import (
 from nrs_cli.errors import NrsError
 
 DATASETS = typer.Option(
-    ["mnist-mini"], "--dataset", "-d", metavar="DATASET", help=DATASET_HELP + " Repeatable.", rich_help_panel=Panel.DATA
+    [],
+    "--dataset",
+    "-d",
+    metavar="DATASET",
+    help=DATASET_HELP + " Repeatable; default: --data-root if it is an image folder, else mnist-mini.",
+    rich_help_panel=Panel.DATA,
+)
+SIGMA_DATASET = typer.Option(
+    None,
+    "--dataset",
+    "-d",
+    metavar="DATASET",
+    help=DATASET_HELP + " Default: mnist-mini. Its input shape is the one the sigma files must have.",
+    rich_help_panel=Panel.DATA,
 )
 FIGURES_DIR = typer.Option(
     Path("figures"),
@@ -51,6 +63,10 @@ def _out_stem(default: str) -> Any:
 @command("compare")
 def compare_command(
     datasets: list[str] = DATASETS,
+    arch: Optional[str] = ARCH,
+    resize: Optional[int] = RESIZE,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
     out: Path = FIGURES_DIR,
     runs_dir: Path = RUNS_DIR,
     data_root: Optional[Path] = DATA_ROOT,
@@ -66,9 +82,10 @@ def compare_command(
     from nrs_cli.experiments.compare import compare_run
     from nrs_cli.io.devices import resolve_device
 
-    for name in datasets:
+    options = {"engine.device": device, "engine.precision": precision, **model_options(arch, resize, mean, std)}
+    for name in datasets or [None]:
         started = time.perf_counter()
-        spec = spec_from(name, {"seed": seed, "engine.device": device, "engine.precision": precision}, set_)
+        spec = spec_from(name, {"seed": seed, **options}, set_, data_root)
         console.print(f"compare: {spec.name} -> {out / spec.name}")
         summary = compare_run(spec, data_root, runs_dir, out, resolve_device(spec.engine.device), console.print)
         table = Table("method", "best point: accuracy", "mean log_area", box=None)
@@ -170,7 +187,7 @@ def plot_table_command(
 @command("visualize-sigma")
 def visualize_sigma_command(
     sigmas: list[Path] = typer.Argument(..., metavar="SIGMA_FILE", help="sigma files (from optimize-sigma)"),
-    dataset: Optional[str] = DATASET,
+    dataset: Optional[str] = SIGMA_DATASET,
     resize: Optional[int] = RESIZE,
     out: Path = _out_stem("figures/sigma"),
     colorbar: bool = typer.Option(
@@ -210,14 +227,7 @@ def visualize_sigma_command(
 
 @command("figures")
 def figures_command(
-    datasets: list[str] = typer.Option(
-        [],
-        "--dataset",
-        "-d",
-        metavar="DATASET",
-        help=DATASET_HELP + " Repeatable; default: --data-root if it is an image folder, else mnist-mini.",
-        rich_help_panel=Panel.DATA,
-    ),
+    datasets: list[str] = DATASETS,
     checkpoint: Optional[Path] = CHECKPOINT,
     arch: Optional[str] = ARCH,
     resize: Optional[int] = RESIZE,
