@@ -11,7 +11,7 @@ import torch
 from fixtures import write_cifar_batches, write_image_folder, write_kitti, write_mnist_raw
 
 from nrs_cli.errors import NrsError
-from nrs_cli.io.data import DATA_ROOT_ENV, resolve_data_root
+from nrs_cli.io.data import DATA_ROOT_ENV, ensure_files, resolve_data_root
 from nrs_cli.io.loaders import KITTI_CLASSES, kitti_image_label, load_split
 from nrs_cli.io.spec import load_spec
 
@@ -147,6 +147,17 @@ def test_missing_data_names_the_expected_layout_and_what_to_download(tmp_path, n
         load_split(spec, "test", tmp_path)
     message = str(err.value)
     assert layout in message and fetch in message and "--data-root" in message and "\n" not in message
+
+
+def test_a_failed_download_is_one_line_with_the_error_it_met(tmp_path):
+    def download():
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz\nTried 2 mirrors")
+
+    with pytest.raises(NrsError) as err:
+        ensure_files(data_spec("mnist"), "MNIST", tmp_path, "MNIST/raw/", lambda: False, download)
+    message = str(err.value)
+    assert "download failed: RuntimeError: Error downloading train-images-idx3-ubyte.gz)" in message
+    assert message.startswith("MNIST not found under") and "\n" not in message
 
 
 def test_missing_data_from_the_cli_exits_2_with_one_line(run_cli, tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from torch import nn
 
 from nrs_cli.errors import NrsError
 from nrs_cli.io.spec import TORCHVISION_PREFIX, is_factory
+from nrs_cli.io.spec_files import error_line
 
 Builder = Callable[[tuple[int, ...], int, bool], nn.Module]
 FACTORY_FORM = "package.module:function"
@@ -250,7 +251,7 @@ def _factory_builder(name: str) -> Builder:
         with _working_directory_importable():
             module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - the caller's module may fail in any way
-        raise NrsError(f"--arch {name}: cannot import {module_name}: {_first_line(err)}") from None
+        raise NrsError(f"--arch {name}: cannot import {module_name}: {error_line(err)}") from None
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise NrsError(f"--arch {name}: {module_name} has no function {function_name!r}")
@@ -266,14 +267,9 @@ def _factory_builder(name: str) -> Builder:
         try:
             network = factory(**arguments)
         except Exception as err:  # noqa: BLE001 - the caller's code may fail in any way
-            raise NrsError(f"--arch {name}: the factory failed: {_first_line(err)}") from None
+            raise NrsError(f"--arch {name}: the factory failed: {error_line(err)}") from None
         if not isinstance(network, nn.Module):
             raise NrsError(f"--arch {name} returned a {type(network).__name__}, not a torch.nn.Module")
         return network
 
     return build
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Subset
 
 from nrs_cli.errors import NrsError
 from nrs_cli.io.spec import DataSpec
+from nrs_cli.io.spec_files import error_line
 
 DATA_ROOT_ENV = "NRS_DATA_ROOT"
 SPLITS = ("train", "test")
@@ -256,8 +257,6 @@ def ensure_files(spec: DataSpec, what: str, root: Path, layout: str, present, do
     try:
         download()
     except Exception as err:  # noqa: BLE001 - any network or archive failure means "not available"
-        lines = str(err).strip().splitlines()
-        reason = f"download failed: {lines[-1] if lines else type(err).__name__}"
-        raise missing_data(what, root, layout, reason) from None
+        raise missing_data(what, root, layout, f"download failed: {error_line(err)}") from None
     if not present():
         raise missing_data(what, root, layout)

@@ -32,7 +32,7 @@ from nrs_cli.io.data import data_family
 from nrs_cli.io.folders import load_dataset_spec
 from nrs_cli.io.serialization import atomic_torch_save, check_digest, load_weights_only, tensor_digest, with_digest
 from nrs_cli.io.spec import TORCHVISION_PREFIX, RunSpec, build_spec, is_factory
-from nrs_cli.io.spec_files import short
+from nrs_cli.io.spec_files import error_line, short
 from nrs_cli.io.spec_ranges import RANGES
 from nrs_cli.version import __version__
 
@@ -85,9 +85,7 @@ def check_outputs(
         with torch.inference_mode():
             outputs = model.eval()(torch.zeros((2, *input_shape), device=device))
     except Exception as err:  # noqa: BLE001 - any failure of a foreign network on this input
-        lines = str(err).strip().splitlines()
-        first = lines[0][:160] if lines else ""
-        raise NrsError(f"{what} cannot take {shape} inputs: {type(err).__name__}: {first}") from None
+        raise NrsError(f"{what} cannot take {shape} inputs: {error_line(err)}") from None
     finally:
         for module, training in modes:
             module.training = training

@@ -163,5 +163,11 @@ def short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def error_line(err: BaseException) -> str:
+    """An exception for a one-line error message: its type and the first line of its text, cut short."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+
+
 def join_key(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
