@@ -37,7 +37,7 @@ FACTORY_FORM = "package.module:function"
 class Arch:
     name: str
     description: str
-    build: Callable[[tuple[int, ...], int, bool], nn.Module]
+    build: Builder
 
 
 _ARCHS: dict[str, Arch] = {}

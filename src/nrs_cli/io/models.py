@@ -117,8 +117,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: RunSpec, ar
     atomic_torch_save(with_digest(payload), path)
 
 
-# Architecture names in Cohen et al.'s and Salman et al.'s checkpoints.
-_FOREIGN_ARCHS = {"resnet50": "resnet50", "cifar_resnet20": "cifar_resnet20", "cifar_resnet110": "cifar_resnet110"}
 # Where a checkpoint dict keeps the weights: ours and Cohen's, PyTorch's tutorials', torchvision's references'.
 _STATE_KEYS = ("state_dict", "model_state_dict", "model")
 WORKING_FORMATS = (
@@ -217,7 +215,6 @@ def _checkpoint_arch(path, metadata: dict[str, Any], spec: RunSpec) -> str:
         return given
     if not isinstance(named, str):
         raise NrsError(f"{path}: its 'arch' is a {type(named).__name__}, not an architecture name")
-    named = _FOREIGN_ARCHS.get(named, named)
     if named == given:
         return named
     if is_factory(named) or given is None:

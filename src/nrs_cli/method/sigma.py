@@ -133,8 +133,10 @@ def load_sigma(path: str | os.PathLike, spec: RunSpec | None = None) -> Sigma:
     if not isinstance(payload, dict) or not isinstance(payload.get("sigma"), torch.Tensor):
         raise NrsError(f"{path} is not a sigma file (expected a tensor or a dict with a 'sigma' tensor)")
     check_digest(payload, "sigma file", path)
-    shape, dataset = (spec.data.input_shape, spec.name) if spec else (tuple(payload["sigma"].shape), "the")
-    values = validate_sigma(payload["sigma"], shape, str(path), dataset)
+    if spec is None:  # its values alone
+        values = validate_sigma(payload["sigma"], tuple(payload["sigma"].shape), str(path))
+    else:
+        values = validate_sigma(payload["sigma"], spec.data.input_shape, str(path), spec.name)
     metadata = {key: value for key, value in payload.items() if key != "sigma"}
     return Sigma(values, Path(path).stem, metadata, str(path))
 
