@@ -302,7 +302,7 @@ def test_a_changed_nrs_checkpoint_is_refused_by_its_digest(run_cli, trained_mini
         (["predict", "--sigma", 1e20], "sigma has 784 values outside [1e-06, 1000] pixel units"),
         (["optimize-sigma", "--batch-size", 10**20], "optimize.batch_size: expected a batch size from 1 to 2^24"),
         (["optimize-sigma", "--inits", 10**20], "optimize.inits: expected from 1 to 10^4 constants"),
-        (["optimize-sigma", "--n0", 10**20], "optimize.n0: expected a batch size"),
+        (["optimize-sigma", "--n0", 10**20], "optimize.n0: expected a number of noise samples per input"),
         (["optimize-sigma", "--eval-n", 10**20], "optimize.eval_n: expected a number of samples"),
         (["optimize-sigma", "--lr", 1e20], "optimize.lr: expected a positive learning rate, at most 10, got 1e+20"),
         (["optimize-sigma", "--lr-decay", 1e20], "optimize.lr_decay: expected a positive factor, at most 10"),

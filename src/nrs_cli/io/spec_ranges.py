@@ -100,7 +100,7 @@ RANGES: dict[str, Check] = {
     "optimize.sub_epochs": _ROUNDS,
     "optimize.steps_per_sub_epoch": _STEPS,
     "optimize.batch_size": _BATCH,
-    "optimize.n0": _BATCH,
+    "optimize.n0": _within(1, 2**24, "a number of noise samples per input from 1 to 2^24"),
     "optimize.lr": _LR,
     "optimize.lr_decay": _FACTOR,
     "optimize.eval_n0": _SAMPLES,

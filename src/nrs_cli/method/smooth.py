@@ -164,10 +164,11 @@ class Smooth:
             raise NrsError(f"x is on {x.device} but the model is on {device}: move x there with x.to('{device}')")
         single = x.ndim == 3
         batch = x.unsqueeze(0) if single else x
-        self._sigma_of(tuple(batch.shape[1:]))
+        self._match_sigma_to(tuple(batch.shape[1:]))
         return batch, single, _keys(indices, len(batch))
 
-    def _sigma_of(self, shape: tuple[int, ...]) -> None:
+    def _match_sigma_to(self, shape: tuple[int, ...]) -> None:
+        """Give a constant sigma the shape of the first inputs; refuse inputs of another shape than sigma's."""
         if self.sigma is None:  # a constant: shaped like the first input
             self.sigma = constant_sigma(self._constant, shape)
         expected = tuple(self.sigma.values.shape)
