@@ -53,7 +53,8 @@ class Hold:
         self.go.touch()
 
 
-def start_nrs(*args, cwd: Path | None = None, hold: Hold | None = None) -> subprocess.Popen:
+def start_nrs(*args, cwd: Path | None = None, hold: Hold | list[Hold] | None = None) -> subprocess.Popen:
+    holds = hold if isinstance(hold, list) else [hold] if hold else []
     return subprocess.Popen(
         [str(NRS), *map(str, args)],
         cwd=cwd,
@@ -61,5 +62,5 @@ def start_nrs(*args, cwd: Path | None = None, hold: Hold | None = None) -> subpr
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=interruptible,
-        env={**os.environ, **(hold.env if hold else {})},
+        env={**os.environ, **({TEST_PAUSE: ";".join(h.env[TEST_PAUSE] for h in holds)} if holds else {})},
     )

@@ -117,8 +117,8 @@ def test_killed_at_any_moment_the_next_run_resumes_to_the_same_file(run_cli, tra
     rerun takes over the lock and resumes."""
     out = tmp_path / "killed.tsv"
     args = certify_args(trained_mini, out, *HELD, "--max", 12)
-    for delay in (0.3, 1.5):
-        process = start_nrs(*args)
+    for delay in (0.3, 1.5):  # held after its first rows: however fast the machine, the table is not done
+        process = start_nrs(*args, hold=Hold(tmp_path, "rows", 0))
         time.sleep(delay)
         process.kill()
         process.wait()
@@ -708,16 +708,21 @@ def test_error_lines_stay_one_line_whatever_a_path_holds(run_cli, trained_mini, 
     one_line_error(run_cli("plot", "table", tmp_path / "no\nsuch.tsv"), "no\\nsuch.tsv")
 
 
-def test_a_third_ctrl_c_during_cleanup_adds_nothing_to_the_one_line(trained_mini, tmp_path):
+def test_more_ctrl_c_during_cleanup_add_nothing_to_the_one_line_and_the_cleanup_finishes(trained_mini, tmp_path):
     out = tmp_path / "c.tsv"
-    hold = Hold(tmp_path, "rows", 2)
-    process = start_nrs(*certify_args(trained_mini, out, *HELD, "--max", 8), hold=hold)
-    hold.wait(process)
-    for _ in range(3):
+    rows, cleanup = Hold(tmp_path, "rows", 2), Hold(tmp_path, "cleanup", 1)
+    process = start_nrs(*certify_args(trained_mini, out, *HELD, "--max", 8), hold=[rows, cleanup])
+    rows.wait(process)
+    process.send_signal(signal.SIGINT)
+    cleanup.wait(process)  # the first Ctrl-C is being handled: the output's lock is being given up
+    for _ in range(2):
         process.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # time to handle them while still held (on a busy machine they may land later: still cleanup)
+    cleanup.release()
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 2 and stderr.startswith("error: interrupted") and stderr.count("\n") == 1, stderr
     assert len(read_results(out)) >= 2
+    assert not out.with_name(out.name + ".lock").exists()  # the cleanup was not cut short
 
 
 def test_a_deep_extends_chain_and_deep_yaml_are_one_line_errors(run_cli, tmp_path):

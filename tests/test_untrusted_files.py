@@ -45,7 +45,8 @@ def mnist_state() -> dict[str, torch.Tensor]:
     return build_model(load_spec("mnist-mini"))[1].state_dict()
 
 
-def test_a_state_dict_with_a_reduce_payload_is_refused(run_cli, tmp_path):
+def test_a_state_dict_with_a_reduce_payload_is_refused(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run that got past the refusal writes here, not into the checkout
     marker, path = tmp_path / "pwned", tmp_path / "state.pt"
     torch.save({**mnist_state(), "evil": Payload(marker)}, path)
     torch.load(path, weights_only=False)  # the payload is live
@@ -57,7 +58,8 @@ def test_a_state_dict_with_a_reduce_payload_is_refused(run_cli, tmp_path):
     assert not marker.exists()
 
 
-def test_a_whole_pickled_model_is_refused_and_the_error_says_what_works(run_cli, tmp_path):
+def test_a_whole_pickled_model_is_refused_and_the_error_says_what_works(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run that got past the refusal writes here, not into the checkout
     path = tmp_path / "model.pt"
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), path)
     line = one_error_line(run_cli("certify", "--checkpoint", path, "--sigma", 0.25, "--max", 1))
@@ -140,7 +142,8 @@ def exported_programs(tmp_path_factory) -> tuple[Path, Path | None, Path]:
     return clean, malicious, marker
 
 
-def test_torch_export_programs_are_refused_without_loading_them(run_cli, exported_programs, tmp_path):
+def test_torch_export_programs_are_refused_without_loading_them(run_cli, exported_programs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run that got past the refusal writes here, not into the checkout
     clean, malicious, marker = exported_programs
     renamed = tmp_path / "model.pt"  # the content decides, not the name
     renamed.write_bytes((malicious or clean).read_bytes())
@@ -162,7 +165,8 @@ def test_the_malicious_program_runs_its_payload_in_torch_export_load(exported_pr
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
-def test_torchscript_archives_are_refused(run_cli, tmp_path):
+def test_torchscript_archives_are_refused(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run that got past the refusal writes here, not into the checkout
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(nn.Linear(4, 2)), path)
     line = one_error_line(run_cli("certify", "--checkpoint", path, "--arch", "mnist_cnn", "--sigma", 0.25))

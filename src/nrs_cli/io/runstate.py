@@ -118,17 +118,17 @@ def pause_for_tests(point: str, count: int) -> None:
     races the process it drives (however fast or loaded the machine).
 
     With ``NRS_TEST_PAUSE="<point> <count> <file>"`` set (``rows`` of a result table, ``epochs`` of
-    training), a run that has written ``count`` or more creates ``<file>.paused`` and waits, holding
+    training, ``cleanup`` of an output given up after an error or a signal; several separated by
+    ``;``), a run that has reached ``count`` or more creates ``<file>.paused`` and waits, holding
     its lock, until ``<file>`` exists; a signal ends it there as anywhere. Unset (always, outside
     tests), this does nothing.
     """
-    hook = os.environ.get(TEST_PAUSE, "").split(" ", 2)
-    if len(hook) != 3 or hook[0] != point or not hook[1].isdigit() or count < int(hook[1]):
-        return
-    go = Path(hook[2])
-    go.with_name(go.name + ".paused").touch()
-    while not go.exists():
-        time.sleep(0.02)
+    for hook in (text.split(" ", 2) for text in os.environ.get(TEST_PAUSE, "").split(";")):
+        if len(hook) == 3 and hook[0] == point and hook[1].isdigit() and count >= int(hook[1]):
+            go = Path(hook[2])
+            go.with_name(go.name + ".paused").touch()
+            while not go.exists():
+                time.sleep(0.02)
 
 
 class OutputLock:
@@ -240,6 +240,8 @@ class OutputLock:
             return False
 
     def __exit__(self, *exc_info: Any) -> None:
+        if exc_info[0] is not None:
+            pause_for_tests("cleanup", 1)
         if self._file_lock is not None:
             os.close(self._file_lock)
             self._file_lock = None
