@@ -3,9 +3,14 @@
 `train-base`, `optimize-sigma`, `certify` (isotropic and anisotropic, two-sided)
 and `predict` run with small, fixed settings; their result tables and sigma
 files are compared with ``tests/golden/``. What another processor may change
-is tolerated: floats within a relative 1e-4 (the sigma optimisation
-accumulates rounding differently with other vector units), timing columns
-(and the row checksum, which covers the time) ignored. Class counts, predictions, labels and indices must be equal.
+is tolerated: floats within a relative 1e-4, or 1e-3 for what the sigma
+optimisation makes (its sigmas and the sweep's metrics: Adam's step is about
+the learning rate whatever the gradient's size, so an element whose gradient is
+near zero moves with the rounding of other vector units; an AMD EPYC gave
+5.4e-4 on 2 of 784 sigma elements against goldens made with the same code and
+torch pin on an earlier machine), timing
+columns (and the row checksum, which covers the time) ignored. Class counts,
+predictions, labels and indices must be equal.
 
 Regenerate after an intended change of results with
 ``NRS_WRITE_GOLDEN=1 pytest tests/test_golden.py`` and say why in the commit.
@@ -25,6 +30,7 @@ import torch
 GOLDEN = Path(__file__).parent / "golden"
 IGNORED = {"time", "seconds", "crc32"}  # timings, and the row checksum that covers the time
 RELATIVE = 1e-4
+RELATIVE_OPTIMISED = {"sigma.tsv": 1e-3, "sweep-metrics.csv": 1e-3}  # see the module docstring
 
 TRAIN = ["train-base", "--epochs", 1, "--train-size", 1024]
 SWEEP = ["optimize-sigma", "--inits", 2, "--sub-epochs", 2, "--steps", 3, "--batch-size", 16, "--n0", 8]
@@ -69,7 +75,7 @@ def write_rows(path: Path, rows: list[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def same_cell(expected: str, actual: str) -> bool:
+def same_cell(expected: str, actual: str, relative: float = RELATIVE) -> bool:
     if expected == actual:
         return True
     try:
@@ -78,7 +84,7 @@ def same_cell(expected: str, actual: str) -> bool:
         return False
     if math.isnan(a) or math.isnan(b) or math.isinf(a) or math.isinf(b):
         return False
-    return "." in expected + actual and math.isclose(a, b, rel_tol=RELATIVE, abs_tol=1e-9)
+    return "." in expected + actual and math.isclose(a, b, rel_tol=relative, abs_tol=1e-9)
 
 
 def assert_same_rows(name: str, expected: list[dict[str, str]], actual: list[dict[str, str]]) -> None:
@@ -88,7 +94,7 @@ def assert_same_rows(name: str, expected: list[dict[str, str]], actual: list[dic
         for column in want:
             if column not in IGNORED:
                 message = f"{name} line {line} {column}: {got[column]} != golden {want[column]}"
-                assert same_cell(want[column], got[column]), message
+                assert same_cell(want[column], got[column], RELATIVE_OPTIMISED.get(name, RELATIVE)), message
 
 
 @pytest.mark.slow
