@@ -26,6 +26,7 @@ from nrs_cli.cli.options import (
     model_options,
     spec_from,
 )
+from nrs_cli.cli.progress import progress_bar, sweep_printer
 from nrs_cli.errors import NrsError
 
 DATASETS = typer.Option(
@@ -87,7 +88,9 @@ def compare_command(
         started = time.perf_counter()
         spec = spec_from(name, {"seed": seed, **options}, set_, data_root)
         console.print(f"compare: {spec.name} -> {out / spec.name}")
-        summary = compare_run(spec, data_root, runs_dir, out, resolve_device(spec.engine.device), console.print)
+        on = resolve_device(spec.engine.device)
+        with progress_bar(console) as progress:
+            summary = compare_run(spec, data_root, runs_dir, out, on, console.print, sweep_printer(console, progress))
         table = Table("method", "best point: accuracy", "mean log_area", box=None)
         for method, point in summary["best"].items():
             table.add_row(method, f"{point['accuracy']:.1%}", f"{point['mean_log_area']:.1f}")
@@ -253,7 +256,9 @@ def figures_command(
         spec = spec_from(name, {"seed": seed, **options}, set_, data_root)
         console.print(f"figures: {spec.name} -> {out / spec.name}")
         on = resolve_device(spec.engine.device)
-        written = figures_run(spec, data_root, runs_dir, out, on, console.print, checkpoint)
+        with progress_bar(console) as progress:
+            on_sweep = sweep_printer(console, progress)
+            written = figures_run(spec, data_root, runs_dir, out, on, console.print, checkpoint, on_sweep)
         console.print(f"{spec.name}: {len(written)} files in {out / spec.name} ({time.perf_counter() - started:.0f} s)")
 
 

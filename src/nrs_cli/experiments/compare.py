@@ -33,7 +33,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -85,18 +85,19 @@ class CompareJob:
     test_set: Dataset
     device: torch.device
     say: Say
+    on_sweep: Callable[[Any], None] | None = None  # every sweep's and co-optimisation's events (progress)
 
 
 def compare_run(
     spec: RunSpec, data_root: str | Path | None, runs_dir: str | Path, out_dir: str | Path, device: torch.device,
-    say: Say = lambda message: None,
+    say: Say = lambda message: None, on_sweep: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Every run of the comparison (reusing finished ones), the best point of each method certified,
     the figures and tables drawn into ``<out_dir>/<dataset>/``; returns the summary written there."""
     spec = figures_spec(spec)
     job = CompareJob(
         spec, RunLayout(Path(runs_dir), spec.name), load_split(spec.data, "train", data_root),
-        load_split(spec.data, "test", data_root), device, say,
+        load_split(spec.data, "test", data_root), device, say, on_sweep,
     )  # fmt: skip
     points = collect_points(job)
     floor = min(max(p["accuracy"] for p in found) for found in points.values()) - 0.005
@@ -208,7 +209,7 @@ def sweep_network(job: CompareJob, checkpoint: Path, run_dir: Path, optimize) ->
     spec = dataclasses.replace(job.spec, optimize=optimize)
     job.say(f"[compare] sweep of {checkpoint} -> {run_dir}")
     model, _ = load_checkpoint(checkpoint, spec)
-    run_sweep(OptimizeJob(spec, model, job.train_set, job.test_set, run_dir, job.device, str(checkpoint)))
+    run_sweep(OptimizeJob(spec, model, job.train_set, job.test_set, run_dir, job.device, str(checkpoint)), job.on_sweep)
     return [{**row, "run_dir": str(run_dir), "checkpoint": str(checkpoint)} for row in read_metrics(run_dir)]
 
 
@@ -217,7 +218,9 @@ def cooptimize_network(job: CompareJob, checkpoint: Path, run_dir: Path, optimiz
     spec = dataclasses.replace(job.spec, optimize=optimize)
     job.say(f"[compare] co-optimisation from {checkpoint} -> {run_dir}")
     model, _ = load_checkpoint(checkpoint, spec)
-    cooptimize_run(OptimizeJob(spec, model, job.train_set, job.test_set, run_dir, job.device, str(checkpoint)))
+    cooptimize_run(
+        OptimizeJob(spec, model, job.train_set, job.test_set, run_dir, job.device, str(checkpoint)), job.on_sweep
+    )
     rows = read_metrics(run_dir)
     return [
         {**row, "run_dir": str(run_dir), "checkpoint": str(run_dir / "checkpoints" / Path(row["sigma_file"]).name)}

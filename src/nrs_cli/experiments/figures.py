@@ -26,7 +26,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -101,8 +101,11 @@ def figures_run(
     device: torch.device,
     say: Say = lambda message: None,
     checkpoint: Path | None = None,
+    on_sweep: Callable[[Any], None] | None = None,
 ) -> list[Path]:
-    """Make every figure of one dataset (of the base classifier ``checkpoint`` if given); returns the files written."""
+    """Make every figure of one dataset (of the base classifier ``checkpoint`` if given); returns the files written.
+
+    ``on_sweep`` receives the sweep's events as :func:`nrs_cli.runs.sweep.run_sweep` sends them (progress)."""
     spec = figures_spec(spec)
     layout = RunLayout(Path(runs_dir), spec.name)
     train_set = load_split(spec.data, "train", data_root)
@@ -115,7 +118,7 @@ def figures_run(
 
     sweep_dir = layout.sweep_dir(FIGURES_RUN)
     say(f"[2/5] sigma sweep on {spec.optimize.eval_max} selection inputs -> {sweep_dir}")
-    run_sweep(OptimizeJob(spec, model, train_set, test_set, sweep_dir, device, str(checkpoint)))
+    run_sweep(OptimizeJob(spec, model, train_set, test_set, sweep_dir, device, str(checkpoint)), on_sweep)
     rows = read_metrics(sweep_dir)
     say("[3/5] the largest gain: chosen on the selection set, reported on the report set")
     study = Study.of(spec, test_set, layout.root / "evaluations", device, say, spec.certify.max)
