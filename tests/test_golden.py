@@ -6,11 +6,10 @@ files are compared with ``tests/golden/``. What another processor may change
 is tolerated: floats within a relative 1e-4, or 1e-3 for what the sigma
 optimisation makes (its sigmas and the sweep's metrics: Adam's step is about
 the learning rate whatever the gradient's size, so an element whose gradient is
-near zero moves with the rounding of other vector units; an AMD EPYC gave
-5.4e-4 on 2 of 784 sigma elements against goldens made with the same code and
-torch pin on an earlier machine), timing
-columns (and the row checksum, which covers the time) ignored. Class counts,
-predictions, labels and indices must be equal.
+near zero moves with the rounding of other vector units; an AVX2-only AMD EPYC
+gave 5.4e-4 on 2 of 784 sigma elements against goldens made with the same code
+and torch on an AVX-512 CPU), timing columns (and the row checksum, which
+covers the time) ignored. Class counts, predictions, labels and indices must be equal.
 
 Regenerate after an intended change of results with
 ``NRS_WRITE_GOLDEN=1 pytest tests/test_golden.py`` and say why in the commit.
