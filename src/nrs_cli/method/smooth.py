@@ -253,6 +253,6 @@ def _keys(indices: int | list[int] | None, count: int) -> list[int]:
         return list(range(count))
     keys = [indices] if isinstance(indices, numbers.Integral) else indices
     whole = isinstance(keys, list) and all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in keys)
-    if not whole or len(keys) != count or min(keys) < 0:
+    if not whole or len(keys) != count or min(keys, default=0) < 0:
         raise NrsError(f"indices must give one non-negative integer per input ({count}), got {str(indices)[:60]}")
     return [int(k) for k in keys]
