@@ -128,3 +128,17 @@ def test_the_headline_table_names_each_report_rows_own_accuracy():
     (seed0,) = [line for line in lines if "(seed 0)" in line]
     (seed1,) = [line for line in lines if "(seed 1)" in line]
     assert "(74.0%)" in seed0 and "(73.0%)" in seed1
+
+
+def test_every_network_compare_evaluates_has_its_own_evaluation_folder():
+    from nrs_cli.runs.evaluation import network_tag
+
+    runs = "runs/mnist-mini"
+    networks = [
+        f"{runs}/base/checkpoint.pt",
+        f"{runs}/noise-0.25/checkpoint.pt",
+        f"{runs}/optimize/co-clean/checkpoints/init00-0.25_round03.pt",  # two co-optimisations name rounds alike
+        f"{runs}/optimize/co-noise-0.25/checkpoints/init00-0.25_round03.pt",
+    ]
+    tags = [network_tag(n) for n in networks]
+    assert tags == ["base", "noise-0.25", "co-clean_init00-0.25_round03", "co-noise-0.25_init00-0.25_round03"]
