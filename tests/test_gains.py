@@ -22,6 +22,7 @@ from nrs_cli.runs.reference import Family, ReferencePoint
 INPUTS = 400
 SHAPE = (1, 2, 2)
 ABOVE = {"selection": 50.0, "report": 30.0}  # the point's nats above the isotropic curve on each set
+BETTER = 20.0  # a second network's isotropic curve lies this many nats above the first's
 POINT_ACCURACY = {("selection", 0): 0.75, ("report", 0): 0.74, ("report", 1): 0.73}
 
 
@@ -50,9 +51,10 @@ class AnalyticEvaluator:
         if checkpoint == "optimised":
             accuracy = POINT_ACCURACY[(self.which, settings.seed)]
             area = isotropic_area(accuracy) + ABOVE[self.which]
-        else:
+        else:  # "base", or "better": the same accuracies, BETTER nats more area
             scale = float(sigma.values.mean())
-            accuracy, area = isotropic_accuracy(scale), 100 * math.log(scale)
+            accuracy = isotropic_accuracy(scale)
+            area = 100 * math.log(scale) + (BETTER if checkpoint == "better" else 0.0)
         correct = np.arange(INPUTS) < round(accuracy * INPUTS)
         indices = tuple(range(self.first_index, self.first_index + INPUTS))
         return Outcomes(indices, correct, np.where(correct, area, -np.inf), np.where(correct, 0.1, 0.0))
@@ -85,7 +87,7 @@ def sweep_reference():
 
 def test_the_point_is_chosen_on_the_selection_set_and_its_gain_reported_on_the_report_set():
     s = study()
-    found = measure_gain(s, lambda p: sweep_reference(), [point()], second_seed=True)
+    found = measure_gain(s, lambda p: [sweep_reference()], [point()], second_seed=True)
 
     (candidate,) = found["selection"]["candidates"]
     assert abs(candidate["gain"] - ABOVE["selection"]) < 2  # a dense reference: within a chord's error
@@ -106,7 +108,8 @@ def test_the_point_is_chosen_on_the_selection_set_and_its_gain_reported_on_the_r
 
 def test_a_reference_that_cannot_be_refined_gives_no_report_gain_and_the_table_says_why():
     family, _ = sweep_reference()
-    result = report_gain(study(steps=0), family, point(), [0.15, 0.29])  # 85% and 71%: around 74%, far apart
+    far = [{"family": 0, "scale": 0.15}, {"family": 0, "scale": 0.29}]  # 85% and 71%: around 74%, far apart
+    result = report_gain(study(steps=0), [family], point(), far)
     assert not result["dense"] and result["gain"] is None and result["bracket"] is not None
     found = {"sparse": None, "selection": None, "report": result, "second_seed": None}
     table = gains_markdown("analytic", {"B vs A": found}, (INPUTS, INPUTS, 0))
@@ -114,7 +117,7 @@ def test_a_reference_that_cannot_be_refined_gives_no_report_gain_and_the_table_s
 
 
 def test_the_headline_table_names_each_report_rows_own_accuracy():
-    found = measure_gain(study(), lambda p: sweep_reference(), [point()], second_seed=True)
+    found = measure_gain(study(), lambda p: [sweep_reference()], [point()], second_seed=True)
     report = {**found["report"], "sub_epoch": 3}
     headline = {
         "inputs": {"selection": {"count": INPUTS, "seed": 0}, "report": {"count": INPUTS, "seed": 0}},
@@ -142,3 +145,37 @@ def test_every_network_compare_evaluates_has_its_own_evaluation_folder():
     ]
     tags = [network_tag(n) for n in networks]
     assert tags == ["base", "noise-0.25", "co-clean_init00-0.25_round03", "co-noise-0.25_init00-0.25_round03"]
+
+
+def test_a_reference_of_two_families_is_read_on_the_front_of_both():
+    """Against a reference method with two networks, the gain is over the better one near the accuracy."""
+    s = study()
+    base, points = sweep_reference()
+    better = Family("better", None, SHAPE)
+    far_above = [ReferencePoint(0.1, isotropic_accuracy(0.1), 100 * math.log(0.1) + BETTER)]  # to be refined
+    found = measure_gain(s, lambda p: [(base, points), (better, far_above)], [point()], second_seed=False)
+    (candidate,) = found["selection"]["candidates"]
+    assert abs(candidate["gain"] - (ABOVE["selection"] - BETTER)) < 2
+    report = found["report"]
+    assert report["dense"] and {b["family"] for b in report["bracket"]} == {1}
+    assert abs(report["gain"]["estimate"] - (ABOVE["report"] - BETTER)) < 2
+    assert any(call[0] == "better" for call in s.report.calls)
+
+
+def test_compare_refines_the_reference_methods_front_points_either_side_of_the_accuracy():
+    from nrs_cli.experiments.compare import reference_families
+    from nrs_cli.io.spec import load_spec
+
+    rows = [
+        {"method": "isotropic", "checkpoint": net, "init": init, "accuracy": accuracy, "mean_log_area": area}
+        for net, init, accuracy, area in [("a", 0.1, 0.9, -100.0), ("a", 0.3, 0.7, -50.0), ("b", 0.2, 0.8, -60.0)]
+    ]
+    spec = load_spec("mnist-mini")
+
+    def networks(accuracy):
+        families = reference_families(spec, accuracy, rows)
+        return [(family.checkpoint, [p.scale for p in points]) for family, points in families]
+
+    assert networks(0.85) == [("a", [0.1, 0.3]), ("b", [0.2])]  # the network above and the one below
+    assert networks(0.75) == [("b", [0.2]), ("a", [0.1, 0.3])]
+    assert networks(0.95) == [("a", [0.1, 0.3])]  # nothing above: the nearest below, to be widened

@@ -24,7 +24,7 @@ Each method's best point (the most certified area among its points at or above t
 accuracy that every method reaches) is certified with the certify section's n0, n and alpha on the
 first ``compare.certify_max`` inputs of the report set. Gains at equal clean accuracy are chosen on
 the selection set and reported on the report set against a reference refined from the compared
-method's front (:mod:`nrs_cli.experiments.gains`, :func:`reference_family`).
+method's front (:mod:`nrs_cli.experiments.gains`, :func:`reference_families`).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def pair_gain(study: Study, spec: RunSpec, compared: list[dict], reference: list
         Point(p["checkpoint"], lambda p=p: point_sigma(p, spec), p["accuracy"], p["mean_log_area"], _described(p))
         for p in ranked
     ]
-    found = measure_gain(study, lambda point: reference_family(spec, point.accuracy, reference), candidates, second)
+    found = measure_gain(study, lambda point: reference_families(spec, point.accuracy, reference), candidates, second)
     return {
         "sparse": {**_described(ranked[0]), "accuracy": ranked[0]["accuracy"],
                    "gain_at_equal_accuracy": ranked[0]["gain_at_equal_accuracy"]},
@@ -148,22 +148,30 @@ def pair_gain(study: Study, spec: RunSpec, compared: list[dict], reference: list
     }  # fmt: skip
 
 
-def reference_family(spec: RunSpec, accuracy: float, reference: list[dict]) -> tuple[Family, list[ReferencePoint]]:
-    """The reference method's front point nearest in accuracy, as a family to refine: the isotropic sigmas
-    of that network, or that optimised sigma scaled.
+def reference_families(spec: RunSpec, accuracy: float, reference: list[dict]) -> list[tuple[Family, list]]:
+    """The reference method's dense reference around ``accuracy``: its front points either side of it, each
+    as a family to refine (the isotropic sigmas of that point's network, or that optimised sigma scaled);
+    the reference is the front of all their points.
 
-    The dense reference is this one family: the method's other networks and sigmas are not in it, so
-    where one of them lies above the family near the compared accuracy the gain is overstated."""
+    Front points further away in accuracy, and their networks and sigmas, are not in it."""
     front = front_curve([(p["accuracy"], p["mean_log_area"]) for p in reference])
     on_front = [p for p in reference if (p["accuracy"], p["mean_log_area"]) in front]
-    nearest = min(on_front, key=lambda p: abs(p["accuracy"] - accuracy))
-    shape = tuple(spec.data.input_shape)
-    if nearest["method"] == "isotropic":
-        same = [p for p in reference if p["method"] == "isotropic" and p["checkpoint"] == nearest["checkpoint"]]
-        initial = [ReferencePoint(p["init"], p["accuracy"], p["mean_log_area"]) for p in same]
-        return Family(nearest["checkpoint"], None, shape), initial
-    family = Family(nearest["checkpoint"], point_sigma(nearest, spec), shape)
-    return family, [ReferencePoint(1.0, nearest["accuracy"], nearest["mean_log_area"])]
+    above = [p for p in on_front if p["accuracy"] >= accuracy]
+    below = [p for p in on_front if p["accuracy"] < accuracy]
+    neighbours = ([min(above, key=lambda p: p["accuracy"])] if above else []) + (
+        [max(below, key=lambda p: p["accuracy"])] if below else []
+    )
+    shape, families = tuple(spec.data.input_shape), {}
+    for point in neighbours:
+        if point["method"] == "isotropic":
+            same = [p for p in reference if p["method"] == "isotropic" and p["checkpoint"] == point["checkpoint"]]
+            initial = [ReferencePoint(p["init"], p["accuracy"], p["mean_log_area"]) for p in same]
+            family = Family(point["checkpoint"], None, shape)
+        else:
+            family = Family(point["checkpoint"], point_sigma(point, spec), shape)
+            initial = [ReferencePoint(1.0, point["accuracy"], point["mean_log_area"])]
+        families.setdefault(family.key, (family, initial))
+    return list(families.values())
 
 
 def _described(point: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ For a compared method (optimised sigmas) and a reference (a family of sigmas, se
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +36,7 @@ from nrs_cli.method.statistics import (
     reference_area,
 )
 from nrs_cli.runs.evaluation import Evaluator, Say, Settings
-from nrs_cli.runs.reference import Family, ReferencePoint, front_bracket, is_dense, refine
+from nrs_cli.runs.reference import Family, ReferencePoint, front_bracket, is_dense_across, refine
 from nrs_cli.runs.sweep import sweep_summary
 
 CANDIDATES = 3  # points of the compared method refined on the selection set
@@ -52,7 +53,8 @@ class Point:
     describe: dict[str, Any]  # how a summary names it (init, sub_epoch, sigma_file, ...)
 
 
-ReferenceOf = Callable[[Point], tuple[Family, list[ReferencePoint]]]  # a point's reference family, points evaluated
+# A point's reference: the families of sigmas to refine around its accuracy, each with its points already evaluated.
+ReferenceOf = Callable[[Point], list[tuple[Family, list[ReferencePoint]]]]
 
 
 @dataclass
@@ -80,15 +82,23 @@ class Study:
             resamples=spec.inputs.bootstrap,
         )
 
-    def reference_point(self, family: Family, scale: float, evaluator: Evaluator, settings: Settings):
+    def reference_point(self, family: Family, index: int, scale: float, evaluator: Evaluator, settings: Settings):
+        """The reference's family ``index`` (``family``) at ``scale``, evaluated."""
         outcomes = evaluator.outcomes(family.checkpoint, family.sigma(scale), settings)
-        return ReferencePoint(scale, outcomes.accuracy, outcomes.mean_log_area, outcomes)
+        return ReferencePoint(scale, outcomes.accuracy, outcomes.mean_log_area, outcomes, index)
 
-    def refine(self, family: Family, points, accuracy: float, evaluator: Evaluator, settings: Settings):
+    def refine(self, family: Family, index: int, points, accuracy: float, evaluator: Evaluator, settings: Settings):
         def evaluate(scale: float) -> ReferencePoint:
-            return self.reference_point(family, scale, evaluator, settings)
+            return self.reference_point(family, index, scale, evaluator, settings)
 
-        return refine(evaluate, points, accuracy, self.tolerance, self.steps)
+        known = [dataclasses.replace(p, family=index) for p in points]
+        return refine(evaluate, known, accuracy, self.tolerance, self.steps)
+
+
+def read_reference(groups: dict[int, list[ReferencePoint]], accuracy: float, tolerance: float):
+    """The bracket of the reference's front (all families' points) around ``accuracy``, and whether it is dense."""
+    bracket = front_bracket([p for group in groups.values() for p in group], accuracy)
+    return bracket, is_dense_across(groups, accuracy, tolerance)
 
 
 def dense_gain(bracket, accuracy: float, area: float) -> float | None:
@@ -103,34 +113,42 @@ def dense_gain(bracket, accuracy: float, area: float) -> float | None:
 def choose_on_selection(study: Study, reference_of: ReferenceOf, candidates: list[Point]) -> dict[str, Any]:
     """Refine each candidate's reference around its selection accuracy; the candidate with the largest dense gain.
 
-    ``reference_of(point)`` is the family to refine for that point and its points already evaluated on the
-    selection set (those refined for one candidate are kept for the next of the same family)."""
+    ``reference_of(point)`` gives the families to refine for that point and their points already evaluated
+    on the selection set (those refined for one candidate are kept for the next with the same family)."""
     measured, refined = [], {}
     for point in candidates:
-        family, initial = reference_of(point)
-        known = refined.get(family.key, initial)
-        reference = study.refine(family, known, point.accuracy, study.selection, study.settings)
-        refined[family.key] = reference
-        bracket = front_bracket(reference, point.accuracy)
-        dense = is_dense(reference, point.accuracy, study.tolerance)
+        reference = reference_of(point)
+        groups = {}
+        for index, (family, initial) in enumerate(reference):
+            known = refined.get(family.key, initial)
+            refined[family.key] = study.refine(family, index, known, point.accuracy, study.selection, study.settings)
+            groups[index] = refined[family.key]
+        bracket, dense = read_reference(groups, point.accuracy, study.tolerance)
         gain = dense_gain(bracket if dense else None, point.accuracy, point.mean_log_area)
-        measured.append({"point": point, "family": family, "gain": gain, "bracket": _bracket_dict(bracket)})
+        families = [family for family, _ in reference]
+        measured.append({"point": point, "families": families, "gain": gain, "bracket": _bracket_dict(bracket)})
     gained = [m for m in measured if m["gain"] is not None]
     chosen = max(gained, key=lambda m: m["gain"]) if gained else None
     return {"candidates": measured, "chosen": chosen}
 
 
-def report_gain(study: Study, family: Family, point: Point, start: list[float], seed_offset: int = 0) -> dict[str, Any]:
-    """The point's gain over the reference on the report set, refined from the scales in ``start``.
+def report_gain(
+    study: Study, families: list[Family], point: Point, start: list[dict[str, Any]], seed_offset: int = 0
+) -> dict[str, Any]:
+    """The point's gain over the reference on the report set, refined from the bracket ``start`` (each point's
+    family index and scale: the families that bracketed the point on the selection set).
 
     A gain is given only where the refined reference brackets the point's report accuracy within the
     tolerance (``dense``); otherwise ``gain`` is None and ``bracket`` shows how far it got."""
     settings = Settings(study.settings.n0, study.settings.n, study.settings.alpha, study.settings.seed + seed_offset)
     outcomes = study.report.outcomes(point.checkpoint, point.sigma(), settings)
-    reference = [study.reference_point(family, scale, study.report, settings) for scale in start]
-    reference = study.refine(family, reference, outcomes.accuracy, study.report, settings)
-    bracket = front_bracket(reference, outcomes.accuracy)
-    dense = is_dense(reference, outcomes.accuracy, study.tolerance)
+    groups = {}
+    for index in sorted({b["family"] for b in start}):
+        family = families[index]
+        known = [study.reference_point(family, index, b["scale"], study.report, settings)
+                 for b in start if b["family"] == index]  # fmt: skip
+        groups[index] = study.refine(family, index, known, outcomes.accuracy, study.report, settings)
+    bracket, dense = read_reference(groups, outcomes.accuracy, study.tolerance)
     result: dict[str, Any] = {
         "seed": settings.seed,
         "accuracy": outcomes.accuracy,
@@ -155,22 +173,21 @@ def measure_gain(study: Study, reference_of: ReferenceOf, candidates: list[Point
     chosen = selection["chosen"]
     if chosen is None:
         return found
-    point, family = chosen["point"], chosen["family"]
-    found["report"] = {**point.describe, **report_gain(study, family, point, _scales(chosen["bracket"]))}
+    point, families = chosen["point"], chosen["families"]
+    found["report"] = {**point.describe, **report_gain(study, families, point, chosen["bracket"])}
     if second_seed:
-        start = _scales(found["report"]["bracket"]) or _scales(chosen["bracket"])
-        found["second_seed"] = report_gain(study, family, point, start, seed_offset=1)
+        start = found["report"]["bracket"] or chosen["bracket"]
+        found["second_seed"] = report_gain(study, families, point, start, seed_offset=1)
     return found
 
 
-def _scales(bracket: list[dict[str, float]] | None) -> list[float]:
-    return [b["scale"] for b in bracket or []]
-
-
-def _bracket_dict(bracket) -> list[dict[str, float]] | None:
+def _bracket_dict(bracket) -> list[dict[str, Any]] | None:
     if bracket is None:
         return None
-    return [{"scale": p.scale, "accuracy": p.accuracy, "mean_log_area": p.mean_log_area} for p in bracket]
+    return [
+        {"family": p.family, "scale": p.scale, "accuracy": p.accuracy, "mean_log_area": p.mean_log_area}
+        for p in bracket
+    ]
 
 
 def interval(result: dict[str, Any] | None) -> Interval | None:
@@ -193,7 +210,7 @@ def sweep_headline(study: Study, spec, rows: list[dict[str, Any]], sweep_dir, ch
               p["mean_log_area"], {k: p[k] for k in ("init", "sub_epoch", "sigma_file")})
         for p in ranked
     ]  # fmt: skip
-    found = measure_gain(study, lambda point: (family, reference), candidates, second_seed=True)
+    found = measure_gain(study, lambda point: [(family, reference)], candidates, second_seed=True)
     chosen = found["selection"]["chosen"]
     return {
         "inputs": {

@@ -31,6 +31,7 @@ class ReferencePoint:
     accuracy: float
     mean_log_area: float
     outcomes: Outcomes | None = None  # per input, where it was evaluated here
+    family: int = 0  # which family of the reference it belongs to (see is_dense_across)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,20 @@ def is_dense(points: list[ReferencePoint], accuracy: float, tolerance: float) ->
         return True
     neighbours = scale_neighbours(points, accuracy)
     return neighbours is not None and neighbours[1] <= (1 + SCALE_PRECISION) * neighbours[0]
+
+
+def is_dense_across(groups: dict[int, list[ReferencePoint]], accuracy: float, tolerance: float) -> bool:
+    """:func:`is_dense` for a reference of several families (``groups``: each family's points, by index):
+    the front of all their points brackets ``accuracy`` within ``tolerance``, or both bracketing points
+    come from one family that can be read there by itself."""
+    points = [p for group in groups.values() for p in group]
+    bracket = front_bracket(points, accuracy)
+    if bracket is None:
+        return False
+    more, less = bracket
+    if more.accuracy - accuracy <= tolerance + 1e-12 and accuracy - less.accuracy <= tolerance + 1e-12:
+        return True
+    return more.family == less.family and is_dense(groups[more.family], accuracy, tolerance)
 
 
 def refine(
