@@ -36,7 +36,7 @@ from nrs_cli.method.statistics import (
     reference_area,
 )
 from nrs_cli.runs.evaluation import Evaluator, Say, Settings
-from nrs_cli.runs.reference import Family, ReferencePoint, front_bracket, is_dense_across, refine
+from nrs_cli.runs.reference import Family, ReferencePoint, front_bracket, is_dense, refine
 from nrs_cli.runs.sweep import sweep_summary
 
 CANDIDATES = 3  # points of the compared method refined on the selection set
@@ -97,8 +97,8 @@ class Study:
 
 def read_reference(groups: dict[int, list[ReferencePoint]], accuracy: float, tolerance: float):
     """The bracket of the reference's front (all families' points) around ``accuracy``, and whether it is dense."""
-    bracket = front_bracket([p for group in groups.values() for p in group], accuracy)
-    return bracket, is_dense_across(groups, accuracy, tolerance)
+    points = [p for group in groups.values() for p in group]
+    return front_bracket(points, accuracy), is_dense(points, accuracy, tolerance)
 
 
 def dense_gain(bracket, accuracy: float, area: float) -> float | None:

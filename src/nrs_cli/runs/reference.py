@@ -31,7 +31,7 @@ class ReferencePoint:
     accuracy: float
     mean_log_area: float
     outcomes: Outcomes | None = None  # per input, where it was evaluated here
-    family: int = 0  # which family of the reference it belongs to (see is_dense_across)
+    family: int = 0  # which family of the reference it belongs to, where it has several
 
 
 @dataclass(frozen=True)
@@ -86,30 +86,20 @@ def scale_neighbours(points: list[ReferencePoint], accuracy: float) -> tuple[flo
 
 def is_dense(points: list[ReferencePoint], accuracy: float, tolerance: float) -> bool:
     """Whether the reference can be read at ``accuracy``: its front has points on both sides within
-    ``tolerance`` of it, or (accuracy moving in steps of one input) the largest sigma still as accurate
-    and the next one evaluated are within 1% of each other."""
+    ``tolerance`` of it, or (accuracy moving in steps of one input) both come from one family in which
+    the largest sigma still as accurate and the next one evaluated are within 1% of each other.
+
+    A reference of several families (see ``ReferencePoint.family``) is read on the front of all its points."""
     bracket = front_bracket(points, accuracy)
     if bracket is None:
         return False
     more, less = bracket
     if more.accuracy - accuracy <= tolerance + 1e-12 and accuracy - less.accuracy <= tolerance + 1e-12:
         return True
-    neighbours = scale_neighbours(points, accuracy)
+    if more.family != less.family:
+        return False
+    neighbours = scale_neighbours([p for p in points if p.family == more.family], accuracy)
     return neighbours is not None and neighbours[1] <= (1 + SCALE_PRECISION) * neighbours[0]
-
-
-def is_dense_across(groups: dict[int, list[ReferencePoint]], accuracy: float, tolerance: float) -> bool:
-    """:func:`is_dense` for a reference of several families (``groups``: each family's points, by index):
-    the front of all their points brackets ``accuracy`` within ``tolerance``, or both bracketing points
-    come from one family that can be read there by itself."""
-    points = [p for group in groups.values() for p in group]
-    bracket = front_bracket(points, accuracy)
-    if bracket is None:
-        return False
-    more, less = bracket
-    if more.accuracy - accuracy <= tolerance + 1e-12 and accuracy - less.accuracy <= tolerance + 1e-12:
-        return True
-    return more.family == less.family and is_dense(groups[more.family], accuracy, tolerance)
 
 
 def refine(
