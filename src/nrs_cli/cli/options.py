@@ -24,14 +24,16 @@ SET_HELP = "Override any spec field, e.g. --set train.lr_step=30 (repeatable)."
 
 # Options several commands share; each maps to the spec field in brackets. Each names its help panel
 # (nrs_cli.cli.manual.Panel) and, where its type says too little, the placeholder of its value.
-DATASET = typer.Option(
-    None,
-    "--dataset",
-    "-d",
-    metavar="DATASET",
-    help=DATASET_HELP + " Default: --data-root if it is an image folder, else mnist-mini.",
-    rich_help_panel=Panel.DATA,
-)
+
+
+def dataset_option(default: Any, more_help: str) -> Any:
+    """``--dataset``/``-d``: what every command says of it, then ``more_help`` (its default, repeatable)."""
+    return typer.Option(
+        default, "--dataset", "-d", metavar="DATASET", help=f"{DATASET_HELP} {more_help}", rich_help_panel=Panel.DATA
+    )
+
+
+DATASET = dataset_option(None, "Default: --data-root if it is an image folder, else mnist-mini.")
 DATA_ROOT = typer.Option(None, metavar="DIR", help=DATA_ROOT_HELP, rich_help_panel=Panel.DATA)
 TRAIN_SIZE = typer.Option(
     None,

@@ -14,7 +14,6 @@ from nrs_cli.cli.options import (
     ARCH,
     CHECKPOINT,
     DATA_ROOT,
-    DATASET_HELP,
     DEVICE,
     MEAN,
     PRECISION,
@@ -23,28 +22,15 @@ from nrs_cli.cli.options import (
     SEED,
     SET,
     STD,
+    dataset_option,
     model_options,
     spec_from,
 )
 from nrs_cli.cli.progress import progress_bar, sweep_printer
 from nrs_cli.errors import NrsError
 
-DATASETS = typer.Option(
-    [],
-    "--dataset",
-    "-d",
-    metavar="DATASET",
-    help=DATASET_HELP + " Repeatable; default: --data-root if it is an image folder, else mnist-mini.",
-    rich_help_panel=Panel.DATA,
-)
-SIGMA_DATASET = typer.Option(
-    None,
-    "--dataset",
-    "-d",
-    metavar="DATASET",
-    help=DATASET_HELP + " Default: mnist-mini. Its input shape is the one the sigma files must have.",
-    rich_help_panel=Panel.DATA,
-)
+DATASETS = dataset_option([], "Repeatable; default: --data-root if it is an image folder, else mnist-mini.")
+SIGMA_DATASET = dataset_option(None, "Default: mnist-mini. Its input shape is the one the sigma files must have.")
 FIGURES_DIR = typer.Option(
     Path("figures"),
     metavar="DIR",
