@@ -188,6 +188,12 @@ def certify_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, 
     Options come from ``spec.certify`` (n0, n, alpha, bound, split, skip, max), the noise seed
     from ``spec.seed``, precision and chunking from ``spec.engine``.
     """
+    return certify_rows(job, on_rows)[1]
+
+
+def certify_rows(job: SmoothedJob, on_rows: OnRows | None = None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """:func:`certify_table`, also returning the selected inputs' rows (checked, in order), so a caller that
+    needs them does not read the table back."""
     o = job.spec.certify
     check_options(o.n0, o.n, o.alpha, o.bound)
 
@@ -198,7 +204,7 @@ def certify_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, 
     kind = TableKind(CERTIFY_SCHEMA, options, o.n0, o.n0 + o.n, evaluate)
     rows, throughput, answered = _run_table(job, kind, on_rows)
     if not job.collective.is_main:
-        return {}
+        return rows, {}
     summary = {
         **certify_summary(rows),
         "samples_per_second": throughput,
@@ -206,7 +212,7 @@ def certify_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, 
         "dimension": job.sigma.values.numel(),
         **options,
     }
-    return _summary_beside(job.out, summary, answered)
+    return rows, _summary_beside(job.out, summary, answered)
 
 
 def predict_table(job: SmoothedJob, on_rows: OnRows | None = None) -> dict[str, Any]:

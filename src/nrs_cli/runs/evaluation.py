@@ -22,7 +22,7 @@ from nrs_cli.io.models import load_checkpoint
 from nrs_cli.io.spec import RunSpec
 from nrs_cli.method.sigma import Sigma
 from nrs_cli.method.statistics import Outcomes
-from nrs_cli.runs.certification import SmoothedJob, certify_table, read_results
+from nrs_cli.runs.certification import SmoothedJob, certify_rows
 
 Say = Callable[[str], None]  # where progress lines go
 
@@ -65,9 +65,10 @@ class Evaluator:
         if not out.is_file():
             self.say(f"      evaluate sigma {sigma.label} on {self.count} {self.which} inputs ({settings.tag})")
         job = SmoothedJob(spec, self.model(checkpoint), sigma, self.dataset, out, self.device, checkpoint)
-        certify_table(job)  # resumes, or finds every row done (the fingerprint checked either way)
-        rows = read_results(out)  # a longer evaluation of the same sigma may be there: its first rows are ours
-        return Outcomes.from_rows(rows if self.count < 0 else rows[: self.count])
+        # resumes, or finds every row done (the fingerprint checked either way); a longer evaluation of the
+        # same sigma may be there: its first rows are ours
+        rows, _ = certify_rows(job)
+        return Outcomes.from_rows(rows)
 
     @property
     def size(self) -> int:
